@@ -1,0 +1,82 @@
+//! The one place that knows how messages become bytes.
+//!
+//! bincode 1.3.3 is pinned exactly (its maintainers declared it complete;
+//! RUSTSEC-2025-0141 marks it unmaintained; 3.0.0 refuses to compile). The
+//! options are explicit so that the encoding never depends on a default:
+//! varint integers, little endian, a byte limit equal to the frame cap (a
+//! hostile length prefix inside a message cannot make us allocate more than
+//! one frame), and trailing bytes rejected. Swapping the format out means
+//! changing this file only.
+
+use bincode::Options;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{ProtoError, MAX_FRAME};
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_varint_encoding()
+        .with_little_endian()
+        .with_limit(MAX_FRAME as u64)
+        .reject_trailing_bytes()
+}
+
+/// Encodes `msg` into a frame payload.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
+    options().serialize(msg).map_err(ProtoError::Encode)
+}
+
+/// Decodes a whole frame payload into a `T`; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtoError> {
+    options().deserialize(payload).map_err(ProtoError::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Hello, Request, MAGIC};
+
+    #[test]
+    fn round_trips_a_request() {
+        let req = Request::Release {
+            id: "0123456789abcdef".into(),
+            keep: true,
+        };
+        let bytes = encode(&req).unwrap();
+        assert_eq!(decode::<Request>(&bytes).unwrap(), req);
+    }
+
+    #[test]
+    fn rejects_trailing_bytes() {
+        let mut bytes = encode(&Request::Status).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<Request>(&bytes),
+            Err(ProtoError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_unknown_variant_and_garbage() {
+        assert!(decode::<Request>(&[200]).is_err());
+        assert!(decode::<Hello>(&[0xff; 3]).is_err());
+        assert!(decode::<Request>(&[]).is_err());
+    }
+
+    #[test]
+    fn a_huge_inner_length_does_not_allocate() {
+        // Allocate{name: String} with a string length prefix of u64::MAX.
+        let mut bytes = vec![0u8]; // variant 0 = Allocate
+        bytes.push(0xff); // varint marker: u64 follows
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode::<Request>(&bytes).is_err());
+    }
+
+    #[test]
+    fn hello_round_trips() {
+        let h = Hello::current("test");
+        let got: Hello = decode(&encode(&h).unwrap()).unwrap();
+        assert_eq!(got.magic, MAGIC);
+        assert_eq!(got, h);
+    }
+}

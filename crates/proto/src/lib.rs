@@ -1,0 +1,36 @@
+//! The builddird wire protocol.
+//!
+//! A connection to `builddird` is a Unix stream socket carrying
+//! length-delimited frames (4-byte big-endian length, at most
+//! [`MAX_FRAME`] bytes) whose payloads are bincode messages (see [`codec`]).
+//!
+//! 1. The client sends a [`Hello`] with [`MAGIC`] and the range of protocol
+//!    versions it speaks; the server answers with a [`HelloReply`].
+//! 2. Then strictly one [`Request`] → one [`Response`] at a time.
+//!
+//! The only file descriptor that ever travels is the build directory in the
+//! reply to [`Request::Allocate`]; it rides with the first byte of that
+//! reply's frame (`SCM_RIGHTS`). Every read goes through `recvmsg` with
+//! `MSG_CMSG_CLOEXEC` ([`fdpass`]), a truncated control message is an error,
+//! and descriptors that no message claims are closed at once.
+
+pub mod codec;
+pub mod connection;
+pub mod error;
+pub mod fdpass;
+pub mod message;
+pub mod version;
+
+pub use connection::{Connection, FdPolicy};
+pub use error::ProtoError;
+pub use message::*;
+pub use version::{negotiate, MAGIC, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+
+/// Largest frame payload either side accepts, in bytes (SPEC §4).
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Default path of the daemon's socket.
+pub const DEFAULT_SOCKET: &str = "/run/builddird.sock";
+
+/// Environment variable that overrides [`DEFAULT_SOCKET`] for clients.
+pub const SOCKET_ENV: &str = "BUILDDIR_SOCKET";

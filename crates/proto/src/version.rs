@@ -1,0 +1,42 @@
+//! Protocol identification and version negotiation.
+
+/// First bytes of every [`crate::Hello`]: tells a builddird server from any
+/// other service that happens to sit on the socket path.
+pub const MAGIC: [u8; 8] = *b"BUILDDIR";
+
+/// The newest protocol version this build speaks.
+///
+/// Bump it whenever a message's encoding changes (bincode has no field tags:
+/// adding a field or an enum variant changes the encoding).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest protocol version this build still speaks. Raise it only when
+/// support for an old encoding is removed.
+pub const PROTOCOL_VERSION_MIN: u32 = 1;
+
+/// Returns the highest version in both `[client_min, client_max]` and
+/// `[PROTOCOL_VERSION_MIN, PROTOCOL_VERSION]`, or `None` if and only if the
+/// ranges do not overlap.
+pub fn negotiate(client_min: u32, client_max: u32) -> Option<u32> {
+    let hi = client_max.min(PROTOCOL_VERSION);
+    let lo = client_min.max(PROTOCOL_VERSION_MIN);
+    (lo <= hi).then_some(hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_highest_common_version() {
+        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(0, 99), Some(PROTOCOL_VERSION));
+    }
+
+    #[test]
+    fn disjoint_ranges_do_not_negotiate() {
+        assert_eq!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 5), None);
+        assert_eq!(negotiate(0, PROTOCOL_VERSION_MIN - 1), None);
+        assert_eq!(negotiate(3, 2), None);
+    }
+}
