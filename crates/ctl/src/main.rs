@@ -1,1 +1,103 @@
-fn main() {}
+//! `builddir-ctl`: operator and user CLI for builddird.
+//!
+//! Exit codes: 0 ok, 1 failure, 2 usage; `run` passes its command's status.
+
+mod cmd;
+mod output;
+mod users;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Talk to builddird: lease build directories, list and manage them.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The daemon's socket.
+    #[arg(long, global = true, env = "BUILDDIR_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Machine-readable output (schema in docs/cli.md).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List leases: yours, or everyone's with --all (operators).
+    List {
+        #[arg(long)]
+        all: bool,
+        /// Also compute each tree's size.
+        #[arg(long)]
+        size: bool,
+    },
+    /// Show the daemon's status.
+    Status,
+    /// End a lease (deleted in the background), or keep its tree.
+    Release {
+        id: String,
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Delete any lease or kept tree (operators).
+    Remove { id: String },
+    /// Run a command in a fresh build directory, then release it.
+    Run {
+        /// Name shown in listings (e.g. a job or derivation name).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Keep the directory if the command fails, and print its path.
+        #[arg(long)]
+        keep_failed: bool,
+        /// Do not set TMPDIR to the build directory.
+        #[arg(long)]
+        no_tmpdir: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(builddir_client::default_socket);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("builddir-ctl: cannot start a tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::List { all, size } => cmd::list(&socket, cli.json, all, size).await,
+            Command::Status => cmd::status(&socket, cli.json).await,
+            Command::Release { id, keep } => cmd::release(&socket, cli.json, &id, keep).await,
+            Command::Remove { id } => cmd::remove(&socket, cli.json, &id).await,
+            Command::Run {
+                name,
+                keep_failed,
+                no_tmpdir,
+                command,
+            } => cmd::run(&socket, &name, keep_failed, !no_tmpdir, command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("builddir-ctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

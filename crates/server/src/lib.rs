@@ -1,1 +1,29 @@
+//! builddird: a root helper that owns a dedicated `nosuid,nodev,exec` mount,
+//! creates one directory per build by file descriptor, hands the descriptor
+//! to the unprivileged orchestrator over a Unix socket, and deletes the tree
+//! safely when the build ends.
+//!
+//! Module map, in the order a request meets them:
+//! [`listener`] / [`systemd_fds`] → [`server`] (accept loop) →
+//! [`handler`] (handshake, request loop) → [`cmd`] (one file per request) →
+//! [`allocate`] / [`release`] → [`reaper`] → [`rmtree`].
+//! At start: [`config`] → [`mount`] → [`layout`] → [`startup`] → [`notify`].
 
+pub mod allocate;
+pub mod cmd;
+pub mod config;
+pub mod handler;
+pub mod layout;
+pub mod lease_id;
+pub mod listener;
+pub mod logging;
+pub mod mount;
+pub mod notify;
+pub mod peer;
+pub mod reaper;
+pub mod release;
+pub mod rmtree;
+pub mod server;
+pub mod startup;
+pub mod state;
+pub mod systemd_fds;

@@ -1,1 +1,158 @@
-fn main() {}
+//! `builddird`: parse flags, prepare and verify the mount, serve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use builddir_server::config::{Backing, Config, DEFAULT_CONFIG};
+use builddir_server::layout::Layout;
+use builddir_server::listener::Listener;
+use builddir_server::{logging, mount, notify, server, startup, state::Daemon};
+
+/// The builddird daemon. Every flag overrides the same key of the config file.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML). A missing default file means defaults.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Directory that becomes the dedicated build-dir mount.
+    #[arg(long, value_name = "PATH")]
+    root: Option<PathBuf>,
+    /// Socket to bind when not socket-activated by systemd.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// How the mount is provided.
+    #[arg(long, value_enum)]
+    backing: Option<Backing>,
+    /// tmpfs size (with --backing tmpfs), e.g. 8g or 50%.
+    #[arg(long, value_name = "SIZE")]
+    tmpfs_size: Option<String>,
+    /// Validate the configuration and the mount, then exit without serving.
+    #[arg(long)]
+    check: bool,
+    /// Log filter (RUST_LOG overrides it).
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init(&args.log_level);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: cause chain joined, as the operator reads it.
+            let line = format!("{e:#}");
+            tracing::error!("{line}");
+            eprintln!("builddird: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: &Args) -> Result<Config> {
+    let (path, required) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let mut config = Config::load(&path, required)?;
+    if let Some(root) = &args.root {
+        config.root = root.clone();
+    }
+    if let Some(socket) = &args.socket {
+        config.socket = socket.clone();
+    }
+    if let Some(backing) = args.backing {
+        config.backing = backing;
+    }
+    if let Some(size) = &args.tmpfs_size {
+        config.tmpfs_size = size.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn run(args: Args) -> Result<()> {
+    let config = load_config(&args)?;
+    if args.check {
+        return check(&config);
+    }
+    // The socket first: a second daemon must fail here, before it touches
+    // the mount or anything under it.
+    let listener = Listener::acquire(&config.socket)?;
+    let result = serve(config, &listener);
+    listener.remove_path();
+    result
+}
+
+fn check(config: &Config) -> Result<()> {
+    mount::check_no_symlinks(&config.root)?;
+    if config.backing == Backing::External || mount::is_mount_point(&config.root).unwrap_or(false) {
+        mount::verify(&config.root)?;
+        println!(
+            "ok: {} is a verified nosuid,nodev,exec mount",
+            config.root.display()
+        );
+    } else {
+        println!(
+            "ok: configuration valid; {} will be mounted ({}) at start",
+            config.root.display(),
+            config.backing.as_str()
+        );
+    }
+    Ok(())
+}
+
+fn serve(config: Config, listener: &Listener) -> Result<()> {
+    mount::prepare(&config.root, config.backing, &config.tmpfs_size)?;
+    let root = mount::verify(&config.root)?;
+    let layout = Layout::open(root)?;
+    startup::lock_root(&layout).map_err(anyhow::Error::msg)?;
+    let std_listener = listener
+        .listener
+        .try_clone()
+        .context("cannot duplicate the listening socket")?;
+    std_listener
+        .set_nonblocking(true)
+        .context("cannot make the socket non-blocking")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("builddird")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::UnixListener::from_std(std_listener)
+            .context("cannot register the socket")?;
+        let daemon = Arc::new(Daemon::new(config, layout));
+        let (orphans, kept, trash) = startup::recover(&daemon);
+        tracing::info!(
+            root = %daemon.layout.root_path().display(),
+            backing = daemon.config.backing.as_str(),
+            orphans,
+            kept,
+            trash,
+            "mount verified (nosuid,nodev,exec); serving"
+        );
+        notify::ready(&daemon);
+        notify::spawn_heartbeat(daemon.clone());
+        server::run(listener, daemon, shutdown_signal()).await;
+        notify::stopping();
+        tracing::info!("stopping");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,148 @@
+use std::path::{Path, PathBuf};
+
+use builddir_proto::{
+    Connection, FdPolicy, Hello, HelloReply, LeaseEntry, Owner, Released, Request, Response,
+    StatusReport, DEFAULT_SOCKET, SOCKET_ENV,
+};
+use tokio::net::UnixStream;
+
+use crate::{Error, Lease};
+
+/// The socket path clients use: `$BUILDDIR_SOCKET`, else `/run/builddird.sock`.
+pub fn default_socket() -> PathBuf {
+    std::env::var_os(SOCKET_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// A connection to builddird, after the handshake.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection,
+    server_version: String,
+    protocol_version: u32,
+    features: Vec<String>,
+}
+
+impl Client {
+    /// Connects to `socket` and performs the version handshake.
+    pub async fn connect(socket: impl AsRef<Path>) -> Result<Client, Error> {
+        let path = socket.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| Error::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut conn = Connection::new(stream, FdPolicy::Accept);
+        let client = concat!("builddir-client/", env!("CARGO_PKG_VERSION"));
+        conn.write(&Hello::current(client), None).await?;
+        let reply: HelloReply = conn.expect().await?;
+        conn.discard_fds();
+        match reply {
+            HelloReply::Welcome {
+                version,
+                server_version,
+                features,
+            } => Ok(Client {
+                conn,
+                server_version,
+                protocol_version: version,
+                features,
+            }),
+            HelloReply::Refused(e) => Err(Error::Refused(e)),
+        }
+    }
+
+    /// Connects to [`default_socket`].
+    pub async fn connect_default() -> Result<Client, Error> {
+        Client::connect(default_socket()).await
+    }
+
+    /// The daemon's version string.
+    pub fn server_version(&self) -> &str {
+        &self.server_version
+    }
+
+    /// The protocol version both sides agreed on.
+    pub fn protocol_version(&self) -> u32 {
+        self.protocol_version
+    }
+
+    /// Features the daemon advertised.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    /// Sends one request and reads its response; unclaimed fds are closed.
+    pub(crate) async fn call(&mut self, request: &Request) -> Result<Response, Error> {
+        self.conn.write(request, None).await?;
+        let response: Response = self.conn.expect().await?;
+        match response {
+            Response::Error(e) => {
+                self.conn.discard_fds();
+                Err(Error::Server(e))
+            }
+            r => Ok(r),
+        }
+    }
+
+    pub(crate) fn take_fd(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.conn.take_fd()
+    }
+
+    pub(crate) fn discard_fds(&mut self) {
+        self.conn.discard_fds();
+    }
+
+    /// Allocates a build directory owned by the caller. `name` is shown in
+    /// listings only. The lease takes over this connection.
+    pub async fn allocate(self, name: &str) -> Result<Lease, Error> {
+        Lease::allocate(self, name, None).await
+    }
+
+    /// Allocates a build directory owned by `owner` (needs an owner grant).
+    pub async fn allocate_for(self, name: &str, owner: Owner) -> Result<Lease, Error> {
+        Lease::allocate(self, name, Some(owner)).await
+    }
+
+    /// Releases lease `id` (yours, or anyone's for operators). With `keep`,
+    /// returns the kept path.
+    pub async fn release(&mut self, id: &str, keep: bool) -> Result<Released, Error> {
+        match self
+            .call(&Request::Release {
+                id: id.to_owned(),
+                keep,
+            })
+            .await?
+        {
+            Response::Released(r) => Ok(r),
+            _ => Err(Error::Unexpected("expected a release confirmation")),
+        }
+    }
+
+    /// Deletes lease or kept tree `id` (operators).
+    pub async fn remove(&mut self, id: &str) -> Result<(), Error> {
+        match self.call(&Request::Remove { id: id.to_owned() }).await? {
+            Response::Removed { .. } => Ok(()),
+            _ => Err(Error::Unexpected("expected a removal confirmation")),
+        }
+    }
+
+    /// Lists your leases, or everyone's with `all` (operators).
+    pub async fn list(&mut self, all: bool, size: bool) -> Result<Vec<LeaseEntry>, Error> {
+        match self.call(&Request::List { all, size }).await? {
+            Response::Leases(rows) => Ok(rows),
+            _ => Err(Error::Unexpected("expected a lease list")),
+        }
+    }
+
+    /// The daemon's status.
+    pub async fn status(&mut self) -> Result<StatusReport, Error> {
+        match self.call(&Request::Status).await? {
+            Response::Status(s) => Ok(s),
+            _ => Err(Error::Unexpected("expected a status report")),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use builddir_client::{Client, LeaseEntry};
+use serde::Serialize;
+
+use crate::output;
+use crate::users::Users;
+
+/// One lease in `list --json` (documented in docs/cli.md; fields are only
+/// ever added).
+#[derive(Debug, Serialize)]
+pub struct LeaseJson<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub state: &'a str,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub owner: String,
+    pub client_uid: u32,
+    pub client_pid: u32,
+    pub client_command: &'a str,
+    pub created_unix: u64,
+    pub age_secs: u64,
+    pub path: &'a str,
+    pub size_bytes: Option<u64>,
+}
+
+pub async fn list(socket: &Path, json: bool, all: bool, size: bool) -> Result<ExitCode> {
+    let mut client = Client::connect(socket).await?;
+    let rows = client.list(all, size).await?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut users = Users::default();
+    let view: Vec<LeaseJson<'_>> = rows.iter().map(|r| to_json(r, now, &mut users)).collect();
+    if json {
+        output::json(&view)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut header = vec!["ID", "OWNER", "PID", "COMMAND", "NAME", "AGE", "STATE"];
+    if size {
+        header.push("SIZE");
+    }
+    header.push("PATH");
+    let table: Vec<Vec<String>> = view
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                r.id.to_owned(),
+                r.owner.clone(),
+                if r.client_pid == 0 {
+                    "-".into()
+                } else {
+                    r.client_pid.to_string()
+                },
+                if r.client_command.is_empty() {
+                    "-".into()
+                } else {
+                    r.client_command.to_owned()
+                },
+                if r.name.is_empty() {
+                    "-".into()
+                } else {
+                    r.name.escape_debug().to_string()
+                },
+                output::age(r.age_secs),
+                r.state.to_owned(),
+            ];
+            if size {
+                row.push(r.size_bytes.map_or("-".into(), output::bytes));
+            }
+            row.push(r.path.to_owned());
+            row
+        })
+        .collect();
+    output::table(&header, &table)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn to_json<'a>(r: &'a LeaseEntry, now: u64, users: &mut Users) -> LeaseJson<'a> {
+    LeaseJson {
+        id: &r.id,
+        name: &r.name,
+        state: r.state.as_str(),
+        owner_uid: r.owner_uid,
+        owner_gid: r.owner_gid,
+        owner: users.name(r.owner_uid),
+        client_uid: r.peer_uid,
+        client_pid: r.peer_pid,
+        client_command: &r.peer_command,
+        created_unix: r.created_unix,
+        age_secs: now.saturating_sub(r.created_unix),
+        path: &r.path,
+        size_bytes: r.size_bytes,
+    }
+}

@@ -1,0 +1,50 @@
+//! One function per subcommand; each returns the process exit code.
+
+mod list;
+mod run;
+mod status;
+
+pub use list::list;
+pub use run::run;
+pub use status::status;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use builddir_client::Client;
+use serde::Serialize;
+
+use crate::output;
+
+pub async fn release(socket: &Path, json: bool, id: &str, keep: bool) -> Result<ExitCode> {
+    let mut client = Client::connect(socket).await?;
+    let released = client.release(id, keep).await?;
+    #[derive(Serialize)]
+    struct Out<'a> {
+        id: &'a str,
+        kept_path: Option<&'a str>,
+    }
+    if json {
+        output::json(&Out {
+            id: &released.id,
+            kept_path: released.kept_path.as_deref(),
+        })?;
+    } else if let Some(path) = &released.kept_path {
+        println!("kept {} at {path}", released.id);
+    } else {
+        println!("released {}", released.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn remove(socket: &Path, json: bool, id: &str) -> Result<ExitCode> {
+    let mut client = Client::connect(socket).await?;
+    client.remove(id).await?;
+    if json {
+        output::json(&serde_json::json!({ "id": id, "removed": true }))?;
+    } else {
+        println!("removed {id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,93 @@
+//! Creating a lease's directories, by descriptor only.
+//!
+//! 1. `mkdirat(b, ".new-<id>", 0)` — a private temporary name.
+//! 2. open it (`O_DIRECTORY|O_NOFOLLOW`), `fchown(root, owner_gid)`, `fchmod 0710`.
+//! 3. `mkdirat(outer, "build", 0)`, open it, `fchown(owner)`, `fchmod 0700`.
+//! 4. `renameat2(b/.new-<id>, b/<id>, RENAME_NOREPLACE)` — the lease appears
+//!    complete or not at all.
+//!
+//! `b` is root-owned 0711, so no user can create, swap or rename anything
+//! in it; the fds make each step independent of path lookups anyway.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{
+    fchmod, fchown, mkdirat, openat, renameat_with, unlinkat, AtFlags, Gid, Mode, RenameFlags, Uid,
+};
+use rustix::io::Errno;
+
+use crate::layout::{id_name, Layout, BUILD, DIR_OPEN};
+use crate::lease_id::LeaseId;
+
+/// A step of allocation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("allocation failed at {step}: {source}")]
+pub struct AllocError {
+    pub step: &'static str,
+    #[source]
+    pub source: Errno,
+}
+
+impl AllocError {
+    /// Returns true if and only if the filesystem is out of space or inodes.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self.source, Errno::NOSPC | Errno::DQUOT)
+    }
+}
+
+/// A freshly created lease directory.
+#[derive(Debug)]
+pub struct NewLease {
+    pub id: LeaseId,
+    /// The build directory (`b/<id>/build`), open for the client.
+    pub build: OwnedFd,
+}
+
+/// Creates `b/<id>/build` owned by `uid:gid`.
+pub fn allocate(layout: &Layout, uid: u32, gid: u32) -> Result<NewLease, AllocError> {
+    let id = LeaseId::generate().map_err(|e| AllocError {
+        step: "getrandom",
+        source: Errno::from_io_error(&e).unwrap_or(Errno::IO),
+    })?;
+    let final_name = id_name(id);
+    let tmp_name = format!(".new-{id}");
+    let step = |step| move |source| AllocError { step, source };
+
+    mkdirat(&layout.leases, tmp_name.as_str(), Mode::empty()).map_err(step("mkdirat outer"))?;
+    let result = (|| {
+        let outer = openat(&layout.leases, tmp_name.as_str(), DIR_OPEN, Mode::empty())
+            .map_err(step("open outer"))?;
+        fchown(&outer, Some(Uid::ROOT), Some(Gid::from_raw(gid))).map_err(step("fchown outer"))?;
+        fchmod(&outer, Mode::from_raw_mode(0o710)).map_err(step("fchmod outer"))?;
+        mkdirat(&outer, BUILD, Mode::empty()).map_err(step("mkdirat build"))?;
+        let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty()).map_err(step("open build"))?;
+        // Owner first, then mode: the dir is never 0700 for the wrong owner.
+        fchown(&build, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(step("fchown build"))?;
+        fchmod(&build, Mode::from_raw_mode(0o700)).map_err(step("fchmod build"))?;
+        renameat_with(
+            &layout.leases,
+            tmp_name.as_str(),
+            &layout.leases,
+            final_name.as_c_str(),
+            RenameFlags::NOREPLACE,
+        )
+        .map_err(step("renameat2 into place"))?;
+        Ok(build)
+    })();
+    match result {
+        Ok(build) => Ok(NewLease { id, build }),
+        Err(e) => {
+            discard_partial(layout.leases.as_fd(), &tmp_name);
+            Err(e)
+        }
+    }
+}
+
+/// Best-effort removal of a half-made `.new-<id>` (at most one empty child).
+fn discard_partial(leases: std::os::fd::BorrowedFd<'_>, tmp_name: &str) {
+    if let Ok(outer) = openat(leases, tmp_name, DIR_OPEN, Mode::empty()) {
+        let _ = unlinkat(&outer, BUILD, AtFlags::REMOVEDIR);
+    }
+    let _ = unlinkat(leases, tmp_name, AtFlags::REMOVEDIR);
+}

@@ -1,0 +1,120 @@
+use builddir_proto::{ErrorKind, LeaseState, Released, Response};
+
+use super::{error, Reply, Session};
+use crate::lease_id::LeaseId;
+use crate::release::{kept_to_trash, to_kept, to_trash};
+use crate::state::Counters;
+
+impl Session {
+    pub(super) fn release(&mut self, id: &str, keep: bool) -> Reply {
+        let record = match self.authorized(id) {
+            Ok(r) => r,
+            Err(reply) => return reply,
+        };
+        if record.state != LeaseState::Live {
+            return error(
+                ErrorKind::NotFound,
+                format!("lease {id} is {} already, not live", record.state),
+            );
+        }
+        match self.end_lease(record.id, keep, "release") {
+            Ok(kept_path) => (
+                Response::Released(Released {
+                    id: record.id.to_string(),
+                    kept_path,
+                }),
+                None,
+            ),
+            Err(reply) => reply,
+        }
+    }
+
+    pub(super) fn remove(&mut self, id: &str) -> Reply {
+        if !self.peer.is_operator() {
+            return error(
+                ErrorKind::PermissionDenied,
+                "remove is for operators; use `builddir-ctl release ID` for your own leases",
+            );
+        }
+        let record = match self.authorized(id) {
+            Ok(r) => r,
+            Err(reply) => return reply,
+        };
+        let result = match record.state {
+            LeaseState::Live => self.end_lease(record.id, false, "remove").map(|_| ()),
+            LeaseState::Kept => match kept_to_trash(&self.daemon.layout, record.id) {
+                Ok(trash_name) => {
+                    self.start_reap(record.id, trash_name, "remove");
+                    Ok(())
+                }
+                Err(e) => Err(error(ErrorKind::Internal, e.to_string())),
+            },
+            state => Err(error(
+                ErrorKind::NotFound,
+                format!("lease {id} is {state} already"),
+            )),
+        };
+        match result {
+            Ok(()) => (
+                Response::Removed {
+                    id: record.id.to_string(),
+                },
+                None,
+            ),
+            Err(reply) => reply,
+        }
+    }
+
+    /// Ends a live lease: into trash (and reaped), or into the kept area.
+    /// Returns the kept path when kept.
+    pub(super) fn end_lease(
+        &mut self,
+        id: LeaseId,
+        keep: bool,
+        why: &str,
+    ) -> Result<Option<String>, Reply> {
+        let layout = &self.daemon.layout;
+        if keep {
+            if let Err(e) = to_kept(layout, id) {
+                tracing::error!(lease_id = %id, error = %e, "keep failed");
+                return Err(error(ErrorKind::Internal, e.to_string()));
+            }
+            let path = layout.kept_path(id);
+            if let Some(r) = self.daemon.leases().get_mut(&id) {
+                r.state = LeaseState::Kept;
+                r.conn = 0;
+            }
+            Counters::bump(&self.daemon.counters.releases);
+            tracing::info!(lease_id = %id, uid = self.peer.uid, pid = self.peer.pid, path = %path.display(), why, "kept");
+            return Ok(Some(path.display().to_string()));
+        }
+        match to_trash(layout, id) {
+            Ok(trash_name) => {
+                Counters::bump(&self.daemon.counters.releases);
+                self.start_reap(id, trash_name, why);
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::error!(lease_id = %id, error = %e, "release failed");
+                Err(error(ErrorKind::Internal, e.to_string()))
+            }
+        }
+    }
+
+    fn start_reap(&self, id: LeaseId, trash_name: String, why: &str) {
+        if let Some(r) = self.daemon.leases().get_mut(&id) {
+            r.state = LeaseState::Reaping;
+            r.conn = 0;
+            r.trash_name = Some(trash_name.clone());
+        }
+        tracing::info!(
+            lease_id = %id,
+            uid = self.peer.uid,
+            pid = self.peer.pid,
+            path = %self.daemon.layout.lease_path(id).display(),
+            why,
+            "released"
+        );
+        crate::reaper::spawn(self.daemon.clone(), trash_name, Some(id));
+    }
+}

@@ -1,0 +1,230 @@
+//! Daemon configuration: a TOML file, every key overridable by a flag.
+//!
+//! Unknown keys and bad values are errors that name the key and the line
+//! (`toml`'s spans), so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default configuration file; a missing default file means "all defaults".
+pub const DEFAULT_CONFIG: &str = "/etc/builddird/config.toml";
+/// Default root of the dedicated mount.
+pub const DEFAULT_ROOT: &str = "/var/lib/builddird";
+
+/// How the root mount is provided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backing {
+    /// Bind `root` onto itself, then remount `nosuid,nodev` and exec.
+    Bind,
+    /// Mount a fresh tmpfs (`tmpfs_size`) on `root`.
+    Tmpfs,
+    /// The operator mounts `root` (fstab, a `.mount` unit); the daemon only
+    /// verifies it and refuses to start if it is wrong.
+    External,
+}
+
+impl Backing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backing::Bind => "bind",
+            Backing::Tmpfs => "tmpfs",
+            Backing::External => "external",
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory that becomes the dedicated mount.
+    pub root: PathBuf,
+    /// Socket bound when not socket-activated.
+    pub socket: PathBuf,
+    pub backing: Backing,
+    /// tmpfs `size=` option (bytes, or with a k/m/g suffix, or a percentage).
+    pub tmpfs_size: String,
+    /// Seconds a client has to complete the handshake.
+    pub handshake_timeout_secs: u64,
+    /// Connections served at once, all users together.
+    pub max_connections: usize,
+    /// Connections served at once for one uid.
+    pub max_connections_per_uid: usize,
+    /// Live leases, all users together.
+    pub max_leases: usize,
+    /// Live leases of one requesting uid.
+    pub max_leases_per_uid: usize,
+    /// Trees deleted in parallel in the background.
+    pub reap_concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            root: PathBuf::from(DEFAULT_ROOT),
+            socket: PathBuf::from(builddir_proto::DEFAULT_SOCKET),
+            backing: Backing::Bind,
+            tmpfs_size: "50%".to_owned(),
+            handshake_timeout_secs: 5,
+            max_connections: 4096,
+            max_connections_per_uid: 512,
+            max_leases: 16384,
+            max_leases_per_uid: 1024,
+            reap_concurrency: 2,
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Value(String),
+}
+
+impl Config {
+    /// Loads `path`. With `required == false` a missing file yields the
+    /// defaults (the default path need not exist).
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Config::parse(&text, path)
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.root.is_absolute() {
+            return Err(ConfigError::Value(format!(
+                "root = {:?} must be an absolute path",
+                self.root
+            )));
+        }
+        if !self.socket.is_absolute() {
+            return Err(ConfigError::Value(format!(
+                "socket = {:?} must be an absolute path",
+                self.socket
+            )));
+        }
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_uid", self.max_connections_per_uid),
+            ("max_leases", self.max_leases),
+            ("max_leases_per_uid", self.max_leases_per_uid),
+            ("reap_concurrency", self.reap_concurrency),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Value(format!("{key} = 0: must be at least 1")));
+            }
+        }
+        if self.handshake_timeout_secs == 0 {
+            return Err(ConfigError::Value(
+                "handshake_timeout_secs = 0: must be at least 1".into(),
+            ));
+        }
+        if self.tmpfs_size.is_empty()
+            || !self
+                .tmpfs_size
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '%')
+        {
+            return Err(ConfigError::Value(format!(
+                "tmpfs_size = {:?}: expected a size like \"8g\", \"512m\" or \"50%\"",
+                self.tmpfs_size
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
+/// One line: the message, the key (toml names it) and the line number.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_owned();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(c.backing, Backing::Bind);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("root = \"/x\"\nmax_conections = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_conections"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let err = parse("\n\nbacking = \"nfs\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("nfs"), "{err}");
+        let err = parse("max_leases = 0").unwrap_err().to_string();
+        assert!(err.contains("max_leases"), "{err}");
+        let err = parse("root = \"relative\"").unwrap_err().to_string();
+        assert!(err.contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_missing_explicit_file_is_not() {
+        let p = Path::new("/nonexistent/builddird.toml");
+        assert!(Config::load(p, false).is_ok());
+        assert!(matches!(
+            Config::load(p, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

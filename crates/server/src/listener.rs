@@ -1,0 +1,98 @@
+//! Where connections come from: the socket systemd passes, or one bound by
+//! hand that replaces only a stale socket file, never a live one.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// The socket could not be acquired.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("socket {0} is in use by a running builddird; stop it first (systemctl stop builddird.socket builddird.service) or pick another --socket")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; remove it or pick another --socket")]
+    NotASocket(PathBuf),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("socket activation: {0}")]
+    Activation(#[source] io::Error),
+}
+
+/// The listener and whether we own its path (and must remove it on exit).
+#[derive(Debug)]
+pub struct Listener {
+    pub listener: UnixListener,
+    pub bound_path: Option<PathBuf>,
+}
+
+impl Listener {
+    /// Takes the systemd socket if activated, else binds `path`.
+    pub fn acquire(path: &Path) -> Result<Listener, ListenError> {
+        if let Some(listener) =
+            crate::systemd_fds::take_listener().map_err(ListenError::Activation)?
+        {
+            return Ok(Listener {
+                listener,
+                bound_path: None,
+            });
+        }
+        let listener = bind(path)?;
+        Ok(Listener {
+            listener,
+            bound_path: Some(path.to_owned()),
+        })
+    }
+
+    /// Removes the socket file we bound (on shutdown).
+    pub fn remove_path(&self) {
+        if let Some(p) = &self.bound_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Binds `path` (mode 0666: any local user may connect; policy decides
+/// what they may do). An existing file is replaced only if it is a socket
+/// that nobody answers on.
+pub fn bind(path: &Path) -> Result<UnixListener, ListenError> {
+    let io_err = |what| {
+        move |source| ListenError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ListenError::NotASocket(path.to_owned()))
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => return Err(ListenError::InUse(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(io_err("remove stale socket"))?;
+            }
+            Err(e) => return Err(io_err("probe existing socket")(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect")(e)),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("create the directory of"))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            ListenError::InUse(path.to_owned())
+        } else {
+            io_err("bind")(e)
+        }
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(io_err("chmod"))?;
+    Ok(listener)
+}

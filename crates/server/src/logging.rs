@@ -1,0 +1,29 @@
+//! Logs through `tracing`: to journald (every field a journal field, e.g.
+//! `LEASE_ID`, `UID`) when `JOURNAL_STREAM` says stderr is the journal,
+//! else human-readable lines on stderr.
+
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `level` is an `EnvFilter` directive
+/// (`info`, `debug`, `builddir_server=trace`); `RUST_LOG` overrides it.
+pub fn init(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            registry
+                .with(journald.with_syslog_identifier("builddird".into()))
+                .init();
+            return;
+        }
+    }
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+}

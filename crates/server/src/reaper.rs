@@ -1,0 +1,97 @@
+//! Background deletion of released trees.
+//!
+//! Each tree in trash is deleted by [`crate::rmtree::remove_tree`] on the
+//! blocking pool, at most `reap_concurrency` at a time, so a huge reap never
+//! delays allocations on the async workers. A tree that cannot be fully
+//! deleted stays in trash, marked quarantined, and is retried at the next
+//! start (trash is rescanned then).
+
+use std::ffi::CString;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use builddir_proto::LeaseState;
+
+use crate::lease_id::LeaseId;
+use crate::rmtree::{remove_tree, Limits, Report};
+use crate::state::{Counters, Daemon};
+
+/// Deletes `trash/<trash_name>` in the background; `id` names the lease
+/// whose record follows the reap (none for leftovers found at start).
+pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
+    tokio::spawn(async move {
+        let Ok(_permit) = daemon.reap_slots.clone().acquire_owned().await else {
+            return; // semaphore closed: shutting down
+        };
+        let started = Instant::now();
+        let d = daemon.clone();
+        let name = trash_name.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            let name = CString::new(name).expect("trash names come from the daemon");
+            remove_tree(d.layout.trash.as_fd(), &name, Limits::default())
+        })
+        .await
+        .unwrap_or_else(|e| Report {
+            errors: 1,
+            first_error: Some(format!("reap task failed: {e}")),
+            ..Report::default()
+        });
+        finish(&daemon, &trash_name, id, &report, started);
+    });
+}
+
+fn finish(
+    daemon: &Daemon,
+    trash_name: &str,
+    id: Option<LeaseId>,
+    report: &Report,
+    started: Instant,
+) {
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    let c = &daemon.counters;
+    c.reaped_entries
+        .fetch_add(report.removed, Ordering::Relaxed);
+    c.reap_errors.fetch_add(report.errors, Ordering::Relaxed);
+    let lease_id = id.map(|i| i.to_string()).unwrap_or_default();
+    if report.complete {
+        Counters::bump(&c.reaped_trees);
+        if let Some(id) = id {
+            daemon.leases().remove(&id);
+        }
+        tracing::info!(
+            lease_id,
+            trash = trash_name,
+            removed = report.removed,
+            elapsed_ms,
+            "reaped"
+        );
+        return;
+    }
+    let first = report
+        .first_error
+        .clone()
+        .unwrap_or_else(|| "unknown error".into());
+    *daemon
+        .last_reap_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(first.clone());
+    if let Some(id) = id {
+        if let Some(r) = daemon.leases().get_mut(&id) {
+            r.state = LeaseState::Quarantined;
+        }
+    }
+    tracing::warn!(
+        lease_id,
+        trash = trash_name,
+        removed = report.removed,
+        errors = report.errors,
+        mount_points = report.mount_points,
+        refilling = report.refilling,
+        moved = report.moved,
+        first_error = first,
+        elapsed_ms,
+        "tree left in quarantine; it is retried at the next start"
+    );
+}
