@@ -1,1 +1,389 @@
+//! Test support: run the real `builddird` on a real mount in a unique
+//! directory, and clean everything up (daemon, mounts, files) on drop.
+//!
+//! These tests need root (mounts, chown, other uids). Without root they
+//! fail loudly — unless `BUILDDIR_TESTS_ALLOW_SKIP=1`, in which case each
+//! prints `SKIPPED: <test>: <why>` and returns. CI runs them as root.
 
+#![allow(unsafe_code)] // one pre_exec dup2 for socket activation; see `activation`
+
+pub mod activation;
+pub mod wire;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Returns true if and only if the test may go on (we are root). Otherwise
+/// panics with the reason, or prints a loud skip line when skipping is
+/// explicitly allowed.
+pub fn require_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    let why = "needs root: it mounts, chowns and switches uids (CI runs it as root)";
+    if std::env::var_os("BUILDDIR_TESTS_ALLOW_SKIP").is_some() {
+        eprintln!("SKIPPED: {test}: {why}");
+        false
+    } else {
+        panic!("{test} {why}; run as root or set BUILDDIR_TESTS_ALLOW_SKIP=1 to skip loudly");
+    }
+}
+
+/// Path of a workspace binary built next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/..");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Base directory for test state. Not under /tmp: the seed test hides /tmp
+/// behind a noexec tmpfs.
+pub fn base_dir() -> PathBuf {
+    std::env::var_os("BUILDDIR_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/builddird-tests"))
+}
+
+/// A fresh, unique, root-owned scratch directory (removed on drop).
+#[derive(Debug)]
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = base_dir().join(format!(
+            "{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(base_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Scratch { dir }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        unmount_below(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Lazily unmounts every mount at or below `dir` (deepest first).
+pub fn unmount_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|p| p == &prefix || p.starts_with(&format!("{prefix}/")))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// How to start a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOpts {
+    pub backing: &'static str,
+    pub extra_args: Vec<String>,
+    pub config: Option<String>,
+}
+
+impl Default for DaemonOpts {
+    fn default() -> DaemonOpts {
+        DaemonOpts {
+            backing: "bind",
+            extra_args: Vec::new(),
+            config: None,
+        }
+    }
+}
+
+/// A running `builddird` with its own root and socket.
+#[derive(Debug)]
+pub struct Daemon {
+    pub scratch: Scratch,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    opts: DaemonOpts,
+}
+
+impl Daemon {
+    /// Starts a daemon and waits until its socket answers.
+    pub fn start(tag: &str) -> Daemon {
+        Daemon::start_with(tag, DaemonOpts::default())
+    }
+
+    pub fn start_with(tag: &str, opts: DaemonOpts) -> Daemon {
+        let scratch = Scratch::new(tag);
+        let root = scratch.dir.join("root");
+        let socket = scratch.dir.join("bd.sock");
+        let log = scratch.dir.join("daemon.log");
+        let mut d = Daemon {
+            scratch,
+            root,
+            socket,
+            child: None,
+            log,
+            opts,
+        };
+        d.spawn();
+        d
+    }
+
+    /// The command line this daemon runs with.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("builddird"));
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--backing")
+            .arg(self.opts.backing)
+            .arg("--log-level")
+            .arg("debug")
+            .args(&self.opts.extra_args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("JOURNAL_STREAM");
+        if let Some(text) = &self.opts.config {
+            let path = self.scratch.dir.join("config.toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        } else {
+            cmd.arg("--config")
+                .arg(self.scratch.dir.join("no-config.toml"));
+            std::fs::write(self.scratch.dir.join("no-config.toml"), "").unwrap();
+        }
+        cmd
+    }
+
+    /// (Re)starts the process and waits for the socket to answer.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn builddird");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("builddird exited early ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "builddird did not start:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL and reap the process (no cleanup by the daemon).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        wait_timeout(&mut c, Duration::from_secs(10)).expect("builddird did not stop on SIGTERM")
+    }
+
+    /// Number of open fds of the daemon process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Runs `builddir-ctl --socket S ARGS…` as root.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_cmd(args).output().expect("run builddir-ctl")
+    }
+
+    pub fn ctl_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("builddir-ctl"));
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        cmd
+    }
+
+    /// `list --all --json` as root, parsed.
+    pub fn list_all(&self) -> Vec<serde_json::Value> {
+        let out = self.ctl(&["--json", "list", "--all"]);
+        assert!(
+            out.status.success(),
+            "list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .expect("list --json parses")
+            .as_array()
+            .cloned()
+            .expect("an array")
+    }
+
+    /// Entries under `root/<area>` (b, kept, trash).
+    pub fn entries(&self, area: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root.join(area))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits for `child` up to `timeout`.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An unprivileged identity for tests: a uid/gid that no account uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Ident {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub const USER_A: Ident = Ident {
+    uid: 61_001,
+    gid: 61_001,
+};
+pub const USER_B: Ident = Ident {
+    uid: 61_002,
+    gid: 61_002,
+};
+
+/// A probe process holding a lease as `who`.
+#[derive(Debug)]
+pub struct Probe {
+    pub child: Child,
+    pub report: serde_json::Value,
+}
+
+impl Probe {
+    /// Starts `bd-probe` as `who` and reads its JSON report.
+    pub fn start(socket: &Path, who: Ident, name: &str) -> Probe {
+        let mut child = Command::new(bin("bd-probe"))
+            .arg(socket)
+            .arg(name)
+            .uid(who.uid)
+            .gid(who.gid)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bd-probe");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let report =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("probe said {line:?}: {e}"));
+        Probe { child, report }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(self.report["path"].as_str().expect("probe allocated"))
+    }
+
+    pub fn id(&self) -> String {
+        self.report["id"]
+            .as_str()
+            .expect("probe allocated")
+            .to_owned()
+    }
+
+    /// Closes stdin: the probe releases its lease and exits.
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.child.stdin.take());
+        wait_timeout(&mut self.child, Duration::from_secs(10)).expect("probe exits")
+    }
+}
+
+use std::os::unix::process::CommandExt;
