@@ -387,3 +387,12 @@ impl Probe {
 }
 
 use std::os::unix::process::CommandExt;
+
+/// Returns true if and only if something is mounted at or below `dir`.
+pub fn unmount_below_exists(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.to_string_lossy().into_owned();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| p == prefix || p.starts_with(&format!("{prefix}/")))
+}

@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `level` is an `EnvFilter` directive
 /// (`info`, `debug`, `builddir_server=trace`); `RUST_LOG` overrides it.
-pub fn init(level: &str) {
+/// Returns true if and only if logs go to journald.
+pub fn init(level: &str) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
@@ -15,7 +16,7 @@ pub fn init(level: &str) {
             registry
                 .with(journald.with_syslog_identifier("builddird".into()))
                 .init();
-            return;
+            return true;
         }
     }
     registry
@@ -26,4 +27,5 @@ pub fn init(level: &str) {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
         .init();
+    false
 }

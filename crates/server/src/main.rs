@@ -41,14 +41,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logging::init(&args.log_level);
+    let journald = logging::init(&args.log_level);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: cause chain joined, as the operator reads it.
+            // One line: the cause chain joined, as the operator reads it.
             let line = format!("{e:#}");
-            tracing::error!("{line}");
-            eprintln!("builddird: {line}");
+            if journald {
+                tracing::error!("{line}");
+            } else {
+                eprintln!("builddird: {line}");
+            }
             ExitCode::FAILURE
         }
     }

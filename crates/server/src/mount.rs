@@ -134,6 +134,14 @@ pub fn prepare(root: &Path, backing: Backing, tmpfs_size: &str) -> Result<(), Mo
     }
     check_no_symlinks(root)?;
     let mounted = is_mount_point(root)?;
+    if backing == Backing::Bind && !mounted {
+        // Refuse before mounting anything: a bind mount keeps the
+        // directory's owner and mode, which verify() would reject anyway.
+        check_owner_and_mode(
+            root,
+            &fs::metadata(root).map_err(io_err("cannot stat root", root))?,
+        )?;
+    }
     let mount_err = |what| {
         move |source| MountError::Mount {
             what,
@@ -200,19 +208,7 @@ pub fn verify(root: &Path) -> Result<VerifiedRoot, MountError> {
             source: std::io::ErrorKind::Other.into(),
         });
     }
-    if st.st_uid != 0 {
-        return Err(MountError::NotOwnedByRoot {
-            path: root.to_owned(),
-            uid: st.st_uid,
-        });
-    }
-    let mode = st.st_mode & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(MountError::Writable {
-            path: root.to_owned(),
-            mode,
-        });
-    }
+    check_owner_and_mode(root, &meta)?;
     if !is_mount_point(root)? {
         return Err(MountError::NotAMountPoint {
             path: root.to_owned(),
@@ -251,6 +247,23 @@ pub fn verify(root: &Path) -> Result<VerifiedRoot, MountError> {
         mount_id,
         fstype,
     })
+}
+
+fn check_owner_and_mode(root: &Path, meta: &fs::Metadata) -> Result<(), MountError> {
+    if meta.uid() != 0 {
+        return Err(MountError::NotOwnedByRoot {
+            path: root.to_owned(),
+            uid: meta.uid(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(MountError::Writable {
+            path: root.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// The mount flags of the filesystem that `fd` lives on.

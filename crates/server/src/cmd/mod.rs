@@ -32,6 +32,10 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
     (Response::Error(ErrorReply::new(kind, message)), None)
 }
 
+fn refusal(e: ErrorReply) -> Reply {
+    (Response::Error(e), None)
+}
+
 impl Session {
     pub fn new(daemon: Arc<Daemon>, peer: Peer, conn_id: u64) -> Session {
         Session {
@@ -59,9 +63,9 @@ impl Session {
     }
 
     /// Looks up `id` and checks that this peer may act on it.
-    fn authorized(&self, id: &str) -> Result<LeaseRecord, Reply> {
+    fn authorized(&self, id: &str) -> Result<LeaseRecord, ErrorReply> {
         let not_found = || {
-            error(
+            ErrorReply::new(
                 ErrorKind::NotFound,
                 format!("no lease {id:?}; `builddir-ctl list` shows your leases"),
             )

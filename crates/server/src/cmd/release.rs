@@ -1,6 +1,8 @@
 use builddir_proto::{ErrorKind, LeaseState, Released, Response};
 
-use super::{error, Reply, Session};
+use builddir_proto::ErrorReply;
+
+use super::{error, refusal, Reply, Session};
 use crate::lease_id::LeaseId;
 use crate::release::{kept_to_trash, to_kept, to_trash};
 use crate::state::Counters;
@@ -9,7 +11,7 @@ impl Session {
     pub(super) fn release(&mut self, id: &str, keep: bool) -> Reply {
         let record = match self.authorized(id) {
             Ok(r) => r,
-            Err(reply) => return reply,
+            Err(e) => return refusal(e),
         };
         if record.state != LeaseState::Live {
             return error(
@@ -25,7 +27,7 @@ impl Session {
                 }),
                 None,
             ),
-            Err(reply) => reply,
+            Err(e) => refusal(e),
         }
     }
 
@@ -38,7 +40,7 @@ impl Session {
         }
         let record = match self.authorized(id) {
             Ok(r) => r,
-            Err(reply) => return reply,
+            Err(e) => return refusal(e),
         };
         let result = match record.state {
             LeaseState::Live => self.end_lease(record.id, false, "remove").map(|_| ()),
@@ -47,9 +49,9 @@ impl Session {
                     self.start_reap(record.id, trash_name, "remove");
                     Ok(())
                 }
-                Err(e) => Err(error(ErrorKind::Internal, e.to_string())),
+                Err(e) => Err(ErrorReply::new(ErrorKind::Internal, e.to_string())),
             },
-            state => Err(error(
+            state => Err(ErrorReply::new(
                 ErrorKind::NotFound,
                 format!("lease {id} is {state} already"),
             )),
@@ -61,7 +63,7 @@ impl Session {
                 },
                 None,
             ),
-            Err(reply) => reply,
+            Err(e) => refusal(e),
         }
     }
 
@@ -72,12 +74,12 @@ impl Session {
         id: LeaseId,
         keep: bool,
         why: &str,
-    ) -> Result<Option<String>, Reply> {
+    ) -> Result<Option<String>, ErrorReply> {
         let layout = &self.daemon.layout;
         if keep {
             if let Err(e) = to_kept(layout, id) {
                 tracing::error!(lease_id = %id, error = %e, "keep failed");
-                return Err(error(ErrorKind::Internal, e.to_string()));
+                return Err(ErrorReply::new(ErrorKind::Internal, e.to_string()));
             }
             let path = layout.kept_path(id);
             if let Some(r) = self.daemon.leases().get_mut(&id) {
@@ -96,7 +98,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(lease_id = %id, error = %e, "release failed");
-                Err(error(ErrorKind::Internal, e.to_string()))
+                Err(ErrorReply::new(ErrorKind::Internal, e.to_string()))
             }
         }
     }
