@@ -46,6 +46,10 @@ pub struct Limits {
     pub max_open_dirs: usize,
     /// Rescans of a directory that is still not empty after a full pass.
     pub max_refills: u32,
+    /// Entries one pass over one directory may read. A writer that adds
+    /// names as fast as we remove them would otherwise keep a pass from
+    /// ever reaching its end; no real build makes a directory this large.
+    pub max_pass_entries: u64,
 }
 
 impl Default for Limits {
@@ -53,6 +57,7 @@ impl Default for Limits {
         Limits {
             max_open_dirs: 32,
             max_refills: 8,
+            max_pass_entries: 10_000_000,
         }
     }
 }
@@ -119,6 +124,8 @@ struct Frame {
     dev: u64,
     ino: u64,
     refills: u32,
+    /// Entries read in the current pass.
+    pass_entries: u64,
     /// Something below could not be removed, so this directory cannot be.
     failed: bool,
 }
@@ -204,6 +211,7 @@ impl Walk<'_> {
             dev: st.st_dev,
             ino: st.st_ino,
             refills: 0,
+            pass_entries: 0,
             failed: false,
         });
         // Keep the fd budget: close the oldest open ancestor (never the top).
@@ -274,6 +282,21 @@ impl Walk<'_> {
                 Some(Ok(entry)) => {
                     let name = entry.file_name();
                     if name == c"." || name == c".." {
+                        continue;
+                    }
+                    let top = self.stack.last_mut().expect("non-empty");
+                    top.pass_entries += 1;
+                    if top.pass_entries > self.limits.max_pass_entries {
+                        self.report.refilling = true;
+                        self.fail(
+                            None,
+                            "keeps refilling (pass entry limit reached)",
+                            Errno::NOTEMPTY,
+                        );
+                        self.stack.last_mut().expect("non-empty").failed = true;
+                        if !self.finish_dir() {
+                            return;
+                        }
                         continue;
                     }
                     let name = name.to_owned();
@@ -424,6 +447,7 @@ impl Walk<'_> {
                     self.stack.last_mut().expect("non-empty").failed = true;
                     self.pop();
                 } else {
+                    top.pass_entries = 0;
                     top.dir.as_mut().expect("top is open").rewind();
                 }
             }
@@ -451,6 +475,7 @@ impl Walk<'_> {
                 match Dir::new(fd) {
                     Ok(dir) => {
                         self.stack[depth - 2].dir = Some(dir);
+                        self.stack[depth - 2].pass_entries = 0;
                         self.first_open = depth - 2;
                         true
                     }
@@ -533,6 +558,7 @@ mod tests {
         let limits = Limits {
             max_open_dirs: 3,
             max_refills: 2,
+            ..Limits::default()
         };
         let r = remove_tree(trash.as_fd(), c"t", limits);
         assert!(r.complete, "{r:?}");

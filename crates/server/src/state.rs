@@ -85,6 +85,28 @@ impl Daemon {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes lease `id` out of the live state for exactly one caller: returns
+    /// true if and only if it was live (it is now `next`, held by no
+    /// connection). A release racing a disconnect thus acts once.
+    pub fn claim_live(&self, id: LeaseId, next: LeaseState) -> bool {
+        let mut leases = self.leases();
+        match leases.get_mut(&id) {
+            Some(r) if r.state == LeaseState::Live => {
+                r.state = next;
+                r.conn = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Puts a claimed lease back to live (its filesystem step failed).
+    pub fn unclaim(&self, id: LeaseId) {
+        if let Some(r) = self.leases().get_mut(&id) {
+            r.state = LeaseState::Live;
+        }
+    }
+
     /// Counts live leases: (all, of `uid` as requester).
     pub fn live_counts(&self, uid: u32) -> (usize, usize) {
         let leases = self.leases();

@@ -75,17 +75,25 @@ impl Session {
         keep: bool,
         why: &str,
     ) -> Result<Option<String>, ErrorReply> {
+        let next = if keep {
+            LeaseState::Kept
+        } else {
+            LeaseState::Reaping
+        };
+        if !self.daemon.claim_live(id, next) {
+            return Err(ErrorReply::new(
+                ErrorKind::NotFound,
+                format!("lease {id} was released already"),
+            ));
+        }
         let layout = &self.daemon.layout;
         if keep {
             if let Err(e) = to_kept(layout, id) {
+                self.daemon.unclaim(id);
                 tracing::error!(lease_id = %id, error = %e, "keep failed");
                 return Err(ErrorReply::new(ErrorKind::Internal, e.to_string()));
             }
             let path = layout.kept_path(id);
-            if let Some(r) = self.daemon.leases().get_mut(&id) {
-                r.state = LeaseState::Kept;
-                r.conn = 0;
-            }
             Counters::bump(&self.daemon.counters.releases);
             tracing::info!(lease_id = %id, uid = self.peer.uid, pid = self.peer.pid, path = %path.display(), why, "kept");
             return Ok(Some(path.display().to_string()));
@@ -97,6 +105,7 @@ impl Session {
                 Ok(None)
             }
             Err(e) => {
+                self.daemon.unclaim(id);
                 tracing::error!(lease_id = %id, error = %e, "release failed");
                 Err(ErrorReply::new(ErrorKind::Internal, e.to_string()))
             }

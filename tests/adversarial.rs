@@ -1,0 +1,647 @@
+//! The adversarial suite (issue 3): a hostile build attacks the reaper, the
+//! allocation path, the protocol and the policy. Each test names its attack.
+//! After every case the outside-world canary — a root-owned file and
+//! directory outside the tree — must be byte-for-byte unchanged.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use builddir_proto::{codec, ErrorKind, Hello, HelloReply, Request, Response};
+use builddir_tests::wire::{frame, raw, read_msg};
+use builddir_tests::{
+    bin, eventually, require_root, unmount_below, Daemon, DaemonOpts, Ident, Probe, USER_A, USER_B,
+};
+
+/// Root-owned files outside every tree, with known content, mode and owner.
+struct Canary {
+    dir: PathBuf,
+    snapshot: Vec<(PathBuf, u32, u32, u32, Vec<u8>)>,
+}
+
+impl Canary {
+    fn new(d: &Daemon) -> Canary {
+        Canary::at(d.scratch.dir.join("canary"))
+    }
+
+    /// A canary at `dir` (on the daemon's mount when hard links must reach it).
+    fn at(dir: PathBuf) -> Canary {
+        std::fs::create_dir_all(dir.join("dir")).unwrap();
+        std::fs::write(dir.join("file"), b"canary file: must never change\n").unwrap();
+        std::fs::write(dir.join("dir/inner"), b"inner canary\n").unwrap();
+        std::fs::set_permissions(dir.join("file"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            dir.join("dir/inner"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::set_permissions(dir.join("dir"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = Canary {
+            dir,
+            snapshot: Vec::new(),
+        };
+        c.snapshot = c.take();
+        c
+    }
+
+    fn take(&self) -> Vec<(PathBuf, u32, u32, u32, Vec<u8>)> {
+        ["file", "dir", "dir/inner"]
+            .iter()
+            .map(|p| {
+                let path = self.dir.join(p);
+                let m = std::fs::symlink_metadata(&path)
+                    .unwrap_or_else(|e| panic!("canary {p} gone: {e}"));
+                let content = if m.is_dir() {
+                    let mut names: Vec<_> = std::fs::read_dir(&path)
+                        .unwrap()
+                        .map(|e| e.unwrap().file_name())
+                        .collect();
+                    names.sort();
+                    format!("{names:?}").into_bytes()
+                } else {
+                    std::fs::read(&path).unwrap()
+                };
+                (path, m.mode(), m.uid(), m.gid(), content)
+            })
+            .collect()
+    }
+
+    fn assert_intact(&self, case: &str) {
+        assert_eq!(self.take(), self.snapshot, "{case}: the canary changed");
+        let nlink = std::fs::metadata(self.dir.join("file")).unwrap().nlink();
+        assert_eq!(nlink, 1, "{case}: a hard link to the canary survived");
+    }
+}
+
+/// A running `bd-attack`.
+struct Attack {
+    child: Child,
+    id: String,
+    path: PathBuf,
+}
+
+impl Attack {
+    fn start(d: &Daemon, canary: &Canary, who: Ident, scenario: &str, n: u64, secs: f64) -> Attack {
+        let mut child = Command::new(bin("bd-attack"))
+            .arg(&d.socket)
+            .arg(scenario)
+            .arg(&canary.dir)
+            .arg(n.to_string())
+            .arg(secs.to_string())
+            .uid(who.uid)
+            .gid(who.gid)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{scenario} setup: {line:?} {e}"));
+        Attack {
+            child,
+            id: v["id"].as_str().unwrap().to_owned(),
+            path: PathBuf::from(v["path"].as_str().unwrap()),
+        }
+    }
+
+    /// Releases the lease; the attacker keeps going through its fd.
+    fn go(&mut self) {
+        self.child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"go\n")
+            .unwrap();
+    }
+
+    /// Waits for the attacker to finish; it must exit 0 (a SIGIO from a
+    /// broken file lease would kill it).
+    fn finish(mut self, case: &str) {
+        let status = builddir_tests::wait_timeout(&mut self.child, Duration::from_secs(120))
+            .expect("attacker finished");
+        assert!(
+            status.success(),
+            "{case}: attacker failed or was killed: {status}"
+        );
+    }
+}
+
+/// Waits for trash to empty; if a tree stayed (quarantined), restarts the
+/// daemon, whose start rescans trash, and waits again. It must end clean.
+fn assert_eventually_clean(d: &mut Daemon, case: &str) {
+    if !eventually(Duration::from_secs(30), || d.entries("trash").is_empty()) {
+        d.terminate();
+        unmount_below(&d.root.join("trash"));
+        d.spawn();
+        assert!(
+            eventually(Duration::from_secs(60), || d.entries("trash").is_empty()),
+            "{case}: trash not empty after restart: {:?}\n{}",
+            d.entries("trash"),
+            d.log_text()
+        );
+    }
+    assert!(d.entries("b").is_empty(), "{case}: {:?}", d.entries("b"));
+}
+
+fn status_json(d: &Daemon) -> serde_json::Value {
+    let out = d.ctl(&["--json", "status"]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs one tree attack from setup to a clean trash.
+fn tree_attack(
+    tag: &str,
+    scenario: &str,
+    n: u64,
+    secs: f64,
+    backing: &'static str,
+) -> (Daemon, Canary) {
+    let mut d = Daemon::start_with(
+        tag,
+        DaemonOpts {
+            backing,
+            ..Default::default()
+        },
+    );
+    // On the daemon's own mount (outside every tree), so that hard links
+    // from a lease can reach it.
+    let canary = Canary::at(d.root.join("canary"));
+    let mut attack = Attack::start(&d, &canary, USER_A, scenario, n, secs);
+    attack.go();
+    attack.finish(scenario);
+    canary.assert_intact(scenario);
+    assert_eventually_clean(&mut d, scenario);
+    canary.assert_intact(scenario);
+    (d, canary)
+}
+
+#[test]
+fn reaper_vs_a_dir_swapped_for_a_symlink_to_the_canary_in_a_tight_loop() {
+    if !require_root("reaper_vs_symlink_swap") {
+        return;
+    }
+    tree_attack("swap", "symlink-swap", 5000, 2.0, "bind");
+}
+
+#[test]
+fn reaper_vs_absolute_dotdot_and_proc_symlinks() {
+    if !require_root("reaper_vs_symlinks") {
+        return;
+    }
+    let (d, _) = tree_attack("links", "symlinks", 0, 0.0, "bind");
+    assert!(d.log_text().contains("reaped"), "{}", d.log_text());
+}
+
+#[test]
+fn reaper_vs_hard_links_to_a_root_owned_file() {
+    if !require_root("reaper_vs_hard_links") {
+        return;
+    }
+    // Allow unprivileged hard links to files one does not own, for this test.
+    let old = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").unwrap();
+    std::fs::write("/proc/sys/fs/protected_hardlinks", "0").unwrap();
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/fs/protected_hardlinks", self.0.trim());
+        }
+    }
+    let _restore = Restore(old);
+    tree_attack("hard", "hardlinks", 0, 0.0, "bind");
+}
+
+#[test]
+fn reaper_vs_unreadable_unsearchable_and_sticky_dirs_and_a_000_build_dir() {
+    if !require_root("reaper_vs_modes") {
+        return;
+    }
+    tree_attack("modes", "modes", 0, 0.0, "bind");
+}
+
+#[test]
+fn reaper_vs_a_tree_100000_levels_deep_with_255_byte_names() {
+    if !require_root("reaper_vs_deep_tree") {
+        return;
+    }
+    let (d, _) = tree_attack("deep", "deep", 100_000, 0.0, "tmpfs");
+    assert!(
+        d.log_text().contains("removed=100003"),
+        "{}",
+        d.log_text()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn reaper_vs_one_directory_with_a_million_entries_while_others_allocate() {
+    if !require_root("reaper_vs_wide_dir") {
+        return;
+    }
+    let mut d = Daemon::start_with(
+        "wide",
+        DaemonOpts {
+            backing: "tmpfs",
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "wide", 1_000_000, 0.0);
+    let rss_before = rss_kib(d.pid());
+    attack.go();
+    attack.finish("wide");
+    // While the million entries are being reaped, an allocation is served fast.
+    let mut slowest = Duration::ZERO;
+    let mut during = 0;
+    while !d.entries("trash").is_empty() {
+        let t = Instant::now();
+        let probe = Probe::start(&d.socket, USER_B, "concurrent");
+        assert_eq!(probe.report["exec_ok"], true);
+        slowest = slowest.max(t.elapsed());
+        assert!(probe.finish().success());
+        during += 1;
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "allocation took {slowest:?} during the reap"
+    );
+    eprintln!("wide: {during} allocations served during the reap, slowest {slowest:?}");
+    let rss_after = rss_kib(d.pid());
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "daemon RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    canary.assert_intact("wide");
+    assert_eventually_clean(&mut d, "wide");
+    assert!(
+        d.log_text().contains("removed=1000004"),
+        "{}",
+        d.log_text()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn reaper_vs_names_with_newlines_invalid_utf8_and_leading_dashes() {
+    if !require_root("reaper_vs_odd_names") {
+        return;
+    }
+    tree_attack("names", "names", 0, 0.0, "bind");
+}
+
+#[test]
+fn reaper_vs_a_bind_mount_inside_the_tree() {
+    if !require_root("reaper_vs_bind_mount") {
+        return;
+    }
+    let mut d = Daemon::start("bindin");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "hold", 0, 0.0);
+    let spool = attack.path.join("spool");
+    let id = attack.id.clone();
+    let ok = Command::new("mount")
+        .arg("--bind")
+        .arg(canary.dir.join("dir"))
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    attack.go();
+    attack.finish("bind mount");
+    // Not descended: the canary's inner file is still there, and the daemon
+    // says why it could not finish.
+    assert!(
+        eventually(Duration::from_secs(10), || status_json(&d)["leases"]
+            ["quarantined"]
+            == 1),
+        "{}",
+        d.log_text()
+    );
+    canary.assert_intact("bind mount");
+    let status = status_json(&d);
+    let err = status["last_reap_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        err.contains("mount point") && err.contains("spool"),
+        "{err}"
+    );
+    assert!(d.log_text().contains("quarantine"), "{}", d.log_text());
+    let rows = d.list_all();
+    assert_eq!(rows[0]["state"], "quarantined", "{rows:?}");
+    assert_eq!(rows[0]["id"], id);
+    // The operator unmounts; the next start finishes the job.
+    assert_eventually_clean(&mut d, "bind mount");
+    canary.assert_intact("bind mount");
+}
+
+#[test]
+fn reaper_vs_fifos_sockets_and_a_file_under_an_f_setlease_lease() {
+    if !require_root("reaper_vs_special_files") {
+        return;
+    }
+    let mut d = Daemon::start("special");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "specials", 0, 3.0);
+    let started = Instant::now();
+    attack.go();
+    // Reaped while the attacker still holds its lease and its socket.
+    assert!(
+        eventually(Duration::from_secs(3), || d.entries("trash").is_empty()),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the reap waited on a lease break"
+    );
+    attack.finish("specials");
+    canary.assert_intact("specials");
+    assert_eventually_clean(&mut d, "specials");
+}
+
+#[test]
+fn reaper_vs_a_writer_that_keeps_refilling_the_tree() {
+    if !require_root("reaper_vs_refilling_writer") {
+        return;
+    }
+    let mut d = Daemon::start("refill");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "refill", 0, 6.0);
+    attack.go();
+    // Bounded: while the writer is still writing, the reap gives up (no
+    // spinning) and the daemon answers promptly.
+    let gave_up = eventually(Duration::from_secs(5), || {
+        let s = status_json(&d);
+        s["leases"]["reaping"] == 0
+    });
+    let t = Instant::now();
+    let s = status_json(&d);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(gave_up, "reap still running under a refilling writer: {s}");
+    attack.finish("refill");
+    canary.assert_intact("refill");
+    assert_eventually_clean(&mut d, "refill");
+}
+
+#[test]
+fn chmod_777_of_the_build_dir_by_its_owner_does_not_open_it_to_others() {
+    if !require_root("chmod_777_of_build_dir") {
+        return;
+    }
+    let d = Daemon::start("c777");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "chmod777", 0, 0.0);
+    let mode = std::fs::metadata(&attack.path).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o777, "the owner's chmod took effect");
+    for script in ["ls \"$1\"", "touch \"$1/x\"", "cd \"$1\" && echo inside"] {
+        let out = Command::new("/bin/sh")
+            .args(["-c", script, "sh"])
+            .arg(&attack.path)
+            .uid(USER_B.uid)
+            .gid(USER_B.gid)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "uid {} reached a 777 build dir with {script}",
+            USER_B.uid
+        );
+    }
+    assert!(!attack.path.join("x").exists());
+    attack.go();
+    attack.finish("chmod777");
+}
+
+#[test]
+fn protocol_one_byte_per_write_is_served() {
+    if !require_root("protocol_one_byte_per_write") {
+        return;
+    }
+    let d = Daemon::start("bytes");
+    let mut s = raw(&d.socket);
+    for b in frame(&codec::encode(&Hello::current("slow")).unwrap()) {
+        s.write_all(&[b]).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(matches!(
+        read_msg::<HelloReply>(&mut s),
+        Some(HelloReply::Welcome { .. })
+    ));
+    for b in frame(&codec::encode(&Request::Status).unwrap()) {
+        s.write_all(&[b]).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(matches!(
+        read_msg::<Response>(&mut s),
+        Some(Response::Status(_))
+    ));
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn flood_past_the_connection_limits_is_refused_and_service_resumes() {
+    if !require_root("flood_connection_limits") {
+        return;
+    }
+    let d = Daemon::start_with(
+        "flood",
+        DaemonOpts {
+            config: Some(
+                "max_connections = 8\nmax_connections_per_uid = 6\nhandshake_timeout_secs = 2\n"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+    );
+    // Six silent connections take root's per-uid slots.
+    let silent: Vec<_> = (0..6).map(|_| raw(&d.socket)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = raw(&d.socket);
+    match read_msg::<HelloReply>(&mut extra) {
+        Some(HelloReply::Refused(e)) => {
+            assert_eq!(e.kind, ErrorKind::Busy);
+            assert!(
+                e.message.contains("max_connections_per_uid = 6"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+    // Another uid still gets in (per-uid limit), up to the total.
+    let probe = Probe::start(&d.socket, USER_A, "other-uid");
+    assert_eq!(probe.report["exec_ok"], true);
+    // Slow handshakes are cut off; then root is served again.
+    assert!(eventually(Duration::from_secs(5), || d
+        .ctl(&["status"])
+        .status
+        .success()));
+    drop(silent);
+    drop(probe);
+}
+
+#[test]
+fn flood_under_rlimit_nofile_64_backs_off_without_spinning_and_recovers() {
+    if !require_root("flood_rlimit_nofile") {
+        return;
+    }
+    let d = Daemon::start("rlimit");
+    let pid = d.pid().to_string();
+    let ok = Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=64:64"])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "prlimit (util-linux) must be installed");
+    // Hold more connections than the daemon has fds for, all mid-handshake.
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        match std::os::unix::net::UnixStream::connect(&d.socket) {
+            Ok(s) => held.push(s),
+            Err(_) => break, // backlog full: the kernel pushes back
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(d.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(d.pid()) - before;
+    assert!(
+        spent < 30,
+        "accept loop spins under EMFILE: {spent} ticks in 1 s"
+    );
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(10), || d
+            .ctl(&["status"])
+            .status
+            .success()),
+        "service did not resume:\n{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains("backing off"), "{}", d.log_text());
+}
+
+#[test]
+fn release_racing_disconnect_and_double_release_never_delete_the_wrong_tree() {
+    if !require_root("release_races") {
+        return;
+    }
+    let d = Daemon::start("race");
+    let bystanders: Vec<Probe> = (0..3)
+        .map(|i| Probe::start(&d.socket, USER_B, &format!("bystander-{i}")))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for _ in 0..40 {
+        rt.block_on(async {
+            let lease = builddir_client::Client::connect(&d.socket)
+                .await
+                .unwrap()
+                .allocate("racer")
+                .await
+                .unwrap();
+            let id = lease.id().to_owned();
+            let socket = d.socket.clone();
+            // Release by id from a second connection while the holder drops.
+            let other = tokio::spawn(async move {
+                let mut c = builddir_client::Client::connect(&socket).await.unwrap();
+                c.release(&id, false).await
+            });
+            drop(lease);
+            let r = other.await.unwrap();
+            if let Err(e) = r {
+                assert_eq!(e.reply().map(|r| r.kind), Some(ErrorKind::NotFound), "{e}");
+            }
+        });
+    }
+    assert!(eventually(Duration::from_secs(10), || d
+        .entries("trash")
+        .is_empty()));
+    for b in &bystanders {
+        assert!(b.path().exists(), "bystander {} deleted", b.id());
+    }
+    let rows = d.list_all();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(!d.log_text().contains("release failed"), "{}", d.log_text());
+    for b in bystanders {
+        assert!(b.finish().success());
+    }
+}
+
+#[test]
+fn kill9_of_the_daemon_mid_reap_then_restart_finishes_the_reap() {
+    if !require_root("kill9_mid_reap") {
+        return;
+    }
+    let mut d = Daemon::start_with(
+        "midreap",
+        DaemonOpts {
+            backing: "tmpfs",
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    std::fs::create_dir(d.root.join("operator-notes")).unwrap();
+    std::fs::write(d.root.join("operator-notes/keep-me"), "x").unwrap();
+    let mut attack = Attack::start(&d, &canary, USER_A, "wide", 400_000, 0.0);
+    attack.go();
+    attack.finish("mid-reap");
+    // Kill it while the trash entry is being deleted.
+    assert!(eventually(Duration::from_secs(5), || !d
+        .entries("trash")
+        .is_empty()));
+    d.kill9();
+    assert!(
+        !d.entries("trash").is_empty(),
+        "reap finished before the kill; make the tree bigger"
+    );
+    d.spawn();
+    assert!(
+        eventually(Duration::from_secs(60), || d.entries("trash").is_empty()),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.root.join("operator-notes/keep-me")).unwrap(),
+        "x"
+    );
+    canary.assert_intact("mid-reap");
+}
