@@ -21,6 +21,9 @@ pub mod fdpass;
 pub mod message;
 pub mod version;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use connection::{Connection, FdPolicy};
 pub use error::ProtoError;
 pub use message::*;
