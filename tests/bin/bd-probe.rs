@@ -1,4 +1,5 @@
-//! `bd-probe SOCKET [NAME]`: allocate a lease with the blocking client, check
+//! `bd-probe SOCKET [NAME [UID:GID]]`: allocate a lease (for another owner
+//! if UID:GID is given) with the blocking client, check
 //! what arrived, print one JSON line, then hold the lease until stdin closes
 //! (then release it). Tests run it as another uid.
 
@@ -15,8 +16,18 @@ fn main() -> ExitCode {
         .cloned()
         .unwrap_or_else(|| builddir_proto::DEFAULT_SOCKET.into());
     let name = args.get(2).cloned().unwrap_or_else(|| "probe".into());
+    let owner = args.get(3).map(|o| {
+        let (u, g) = o.split_once(':').expect("owner is UID:GID");
+        builddir_client::Owner {
+            uid: u.parse().expect("uid"),
+            gid: g.parse().expect("gid"),
+        }
+    });
     let lease =
-        match builddir_client::blocking::Client::connect(&socket).and_then(|c| c.allocate(&name)) {
+        match builddir_client::blocking::Client::connect(&socket).and_then(|c| match owner {
+            Some(o) => c.allocate_for(&name, o),
+            None => c.allocate(&name),
+        }) {
             Ok(l) => l,
             Err(e) => {
                 let kind = e.reply().map(|r| r.kind.as_str()).unwrap_or("transport");

@@ -183,6 +183,11 @@ impl Daemon {
         cmd
     }
 
+    /// Replaces the configuration used by the next [`Daemon::spawn`].
+    pub fn set_config(&mut self, text: &str) {
+        self.opts.config = Some(text.to_owned());
+    }
+
     /// (Re)starts the process and waits for the socket to answer.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -348,9 +353,16 @@ pub struct Probe {
 impl Probe {
     /// Starts `bd-probe` as `who` and reads its JSON report.
     pub fn start(socket: &Path, who: Ident, name: &str) -> Probe {
+        Probe::start_with(socket, who, name, &[])
+    }
+
+    /// Like [`Probe::start`], with extra arguments (an owner `UID:GID`).
+    /// A refused allocation yields a report with `error` and `kind`.
+    pub fn start_with(socket: &Path, who: Ident, name: &str, extra: &[&str]) -> Probe {
         let mut child = Command::new(bin("bd-probe"))
             .arg(socket)
             .arg(name)
+            .args(extra)
             .uid(who.uid)
             .gid(who.gid)
             .current_dir("/")

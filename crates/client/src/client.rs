@@ -138,6 +138,23 @@ impl Client {
         }
     }
 
+    /// Deletes kept trees older than `older_than_secs` (0: all); yours, or
+    /// everyone's for operators. Returns the ids deleted.
+    pub async fn gc(&mut self, older_than_secs: u64) -> Result<Vec<String>, Error> {
+        match self.call(&Request::Gc { older_than_secs }).await? {
+            Response::Collected { ids } => Ok(ids),
+            _ => Err(Error::Unexpected("expected a gc result")),
+        }
+    }
+
+    /// The daemon's metrics as OpenMetrics text.
+    pub async fn metrics(&mut self) -> Result<String, Error> {
+        match self.call(&Request::Metrics).await? {
+            Response::Metrics { text } => Ok(text),
+            _ => Err(Error::Unexpected("expected metrics")),
+        }
+    }
+
     /// The daemon's status.
     pub async fn status(&mut self) -> Result<StatusReport, Error> {
         match self.call(&Request::Status).await? {

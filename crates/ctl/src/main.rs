@@ -45,6 +45,24 @@ enum Command {
     },
     /// Delete any lease or kept tree (operators).
     Remove { id: String },
+    /// Delete kept trees (yours; everyone's for operators).
+    Gc {
+        /// Only trees kept longer ago than this (e.g. 30m, 12h, 7d).
+        #[arg(long, value_name = "DURATION", value_parser = output::parse_duration)]
+        older_than: Option<u64>,
+    },
+    /// Print metrics in the OpenMetrics / Prometheus text format.
+    Metrics,
+    /// Diagnose this host without changing anything: config, mount, socket.
+    Check {
+        /// The daemon's configuration file.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/etc/builddird/config.toml"
+        )]
+        config: PathBuf,
+    },
     /// Run a command in a fresh build directory, then release it.
     Run {
         /// Name shown in listings (e.g. a job or derivation name).
@@ -84,6 +102,11 @@ fn main() -> ExitCode {
             Command::Status => cmd::status(&socket, cli.json).await,
             Command::Release { id, keep } => cmd::release(&socket, cli.json, &id, keep).await,
             Command::Remove { id } => cmd::remove(&socket, cli.json, &id).await,
+            Command::Gc { older_than } => cmd::gc(&socket, cli.json, older_than.unwrap_or(0)).await,
+            Command::Metrics => cmd::metrics(&socket).await,
+            Command::Check { config } => {
+                cmd::check(&socket, cli.socket.is_some(), cli.json, &config)
+            }
             Command::Run {
                 name,
                 keep_failed,

@@ -69,6 +69,11 @@ pub enum Request {
     Status,
     /// Delete any lease or kept tree (operators only).
     Remove { id: String },
+    /// Delete kept trees older than `older_than_secs` (0: all): the peer's
+    /// own, or everyone's for operators.
+    Gc { older_than_secs: u64 },
+    /// Counters and gauges in the Prometheus/OpenMetrics text format.
+    Metrics,
 }
 
 /// A response to one [`Request`].
@@ -81,6 +86,14 @@ pub enum Response {
     Status(StatusReport),
     Removed {
         id: String,
+    },
+    /// Ids of the kept trees a [`Request::Gc`] deleted.
+    Collected {
+        ids: Vec<String>,
+    },
+    /// OpenMetrics text, ending in `# EOF`.
+    Metrics {
+        text: String,
     },
     Error(ErrorReply),
 }

@@ -59,6 +59,43 @@ pub struct Config {
     pub max_leases_per_uid: usize,
     /// Trees deleted in parallel in the background.
     pub reap_concurrency: usize,
+    /// Users (names or uids) allowed to connect; `"*"` means everyone.
+    /// Root and operators are always allowed.
+    pub allowed_users: Vec<String>,
+    /// Groups (names or gids) whose members may connect.
+    pub allowed_groups: Vec<String>,
+    /// Members of this group (name or gid) may list and remove every lease.
+    pub operator_group: String,
+    /// Grants to ask for directories owned by other uids/gids.
+    pub owner_grants: Vec<OwnerGrant>,
+    /// Allocation fails with `no-space` below this many free bytes on root.
+    pub min_free_bytes: u64,
+    /// Allocation fails with `no-space` below this many free inodes on root.
+    pub min_free_inodes: u64,
+    /// Kept trees retained at most (oldest deleted first; 0 = no limit).
+    pub kept_max_count: usize,
+    /// Total bytes of kept trees retained at most (0 = no limit).
+    pub kept_max_bytes: u64,
+    /// Kept trees older than this are deleted (0 = no limit).
+    pub kept_max_age_secs: u64,
+    /// Mode of a socket bound by hand (octal text).
+    pub socket_mode: String,
+    /// Group (name or gid) of a socket bound by hand; empty keeps root's.
+    pub socket_group: String,
+}
+
+/// Lets `users`/`groups` ask for directories owned by `uids`:`gids`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnerGrant {
+    /// Peers (names or uids) this grant applies to.
+    pub users: Vec<String>,
+    /// Peers in these groups (names or gids) get the grant.
+    pub groups: Vec<String>,
+    /// Owner uids that may be asked for: ids or ranges like "30001-30032".
+    pub uids: Vec<String>,
+    /// Owner gids that may be asked for: ids or ranges.
+    pub gids: Vec<String>,
 }
 
 impl Default for Config {
@@ -74,6 +111,17 @@ impl Default for Config {
             max_leases: 16384,
             max_leases_per_uid: 1024,
             reap_concurrency: 2,
+            allowed_users: vec!["*".to_owned()],
+            allowed_groups: Vec::new(),
+            operator_group: String::new(),
+            owner_grants: Vec::new(),
+            min_free_bytes: 0,
+            min_free_inodes: 0,
+            kept_max_count: 64,
+            kept_max_bytes: 0,
+            kept_max_age_secs: 7 * 24 * 3600,
+            socket_mode: "0666".to_owned(),
+            socket_group: String::new(),
         }
     }
 }
@@ -163,7 +211,21 @@ impl Config {
                 self.tmpfs_size
             )));
         }
+        self.socket_mode_bits()?;
         Ok(())
+    }
+
+    /// `socket_mode` as permission bits.
+    pub fn socket_mode_bits(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                ConfigError::Value(format!(
+                    "socket_mode = {:?}: expected octal like \"0660\"",
+                    self.socket_mode
+                ))
+            })
     }
 
     pub fn handshake_timeout(&self) -> Duration {

@@ -31,7 +31,7 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
     let _slot = match slot_owner.enter_connection(peer.uid) {
         Ok(slot) => slot,
         Err(message) => {
-            Counters::bump(&daemon.counters.refusals);
+            daemon.counters.refused(ErrorKind::Busy);
             tracing::warn!(uid = peer.uid, pid = peer.pid, reason = %message, "connection refused");
             refuse(&mut conn, ErrorKind::Busy, message).await;
             return;
@@ -108,6 +108,20 @@ async fn handshake(daemon: &Daemon, conn: &mut Connection, peer: &Peer) -> bool 
         refuse(conn, ErrorKind::UnsupportedVersion, message).await;
         return false;
     };
+    if !daemon.policy.may_connect(peer) {
+        daemon.counters.refused(ErrorKind::PermissionDenied);
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "connection refused: not in allowed_users or allowed_groups"
+        );
+        let message = format!(
+            "uid {} is not allowed to use builddird; an operator can add it to allowed_users or allowed_groups",
+            peer.uid
+        );
+        refuse(conn, ErrorKind::PermissionDenied, message).await;
+        return false;
+    }
     let welcome = HelloReply::Welcome {
         version,
         server_version: env!("CARGO_PKG_VERSION").to_owned(),

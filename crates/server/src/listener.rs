@@ -32,8 +32,10 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Takes the systemd socket if activated, else binds `path`.
-    pub fn acquire(path: &Path) -> Result<Listener, ListenError> {
+    /// Takes the systemd socket if activated, else binds `config.socket`
+    /// with `socket_mode` and `socket_group`.
+    pub fn acquire(config: &crate::config::Config) -> Result<Listener, ListenError> {
+        let path = config.socket.as_path();
         if let Some(listener) =
             crate::systemd_fds::take_listener().map_err(ListenError::Activation)?
         {
@@ -42,7 +44,25 @@ impl Listener {
                 bound_path: None,
             });
         }
-        let listener = bind(path)?;
+        let mode = config.socket_mode_bits().unwrap_or(0o666);
+        let listener = bind(path, mode)?;
+        if !config.socket_group.is_empty() {
+            let gid = crate::identity::Accounts::load()
+                .gid(&config.socket_group)
+                .ok_or_else(|| ListenError::Io {
+                    what: "resolve socket_group for",
+                    path: path.to_owned(),
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no group {:?}", config.socket_group),
+                    ),
+                })?;
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| ListenError::Io {
+                what: "chgrp",
+                path: path.to_owned(),
+                source,
+            })?;
+        }
         Ok(Listener {
             listener,
             bound_path: Some(path.to_owned()),
@@ -57,10 +77,10 @@ impl Listener {
     }
 }
 
-/// Binds `path` (mode 0666: any local user may connect; policy decides
-/// what they may do). An existing file is replaced only if it is a socket
-/// that nobody answers on.
-pub fn bind(path: &Path) -> Result<UnixListener, ListenError> {
+/// Binds `path` with `mode` (default 0666: any local user may connect;
+/// policy decides what they may do). An existing file is replaced only if
+/// it is a socket that nobody answers on.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ListenError> {
     let io_err = |what| {
         move |source| ListenError::Io {
             what,
@@ -92,7 +112,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ListenError> {
             io_err("bind")(e)
         }
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io_err("chmod"))?;
     Ok(listener)
 }

@@ -8,8 +8,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use builddir_server::config::{Backing, Config, DEFAULT_CONFIG};
+use builddir_server::identity::Accounts;
 use builddir_server::layout::Layout;
 use builddir_server::listener::Listener;
+use builddir_server::policy::Policy;
 use builddir_server::{logging, mount, notify, server, startup, state::Daemon};
 
 /// The builddird daemon. Every flag overrides the same key of the config file.
@@ -86,13 +88,14 @@ fn run(args: Args) -> Result<()> {
     }
     // The socket first: a second daemon must fail here, before it touches
     // the mount or anything under it.
-    let listener = Listener::acquire(&config.socket)?;
+    let listener = Listener::acquire(&config)?;
     let result = serve(config, &listener);
     listener.remove_path();
     result
 }
 
 fn check(config: &Config) -> Result<()> {
+    Policy::from_config(config, &Accounts::load())?;
     mount::check_no_symlinks(&config.root)?;
     if config.backing == Backing::External || mount::is_mount_point(&config.root).unwrap_or(false) {
         mount::verify(&config.root)?;
@@ -111,6 +114,7 @@ fn check(config: &Config) -> Result<()> {
 }
 
 fn serve(config: Config, listener: &Listener) -> Result<()> {
+    let policy = Policy::from_config(&config, &Accounts::load())?;
     mount::prepare(&config.root, config.backing, &config.tmpfs_size)?;
     let root = mount::verify(&config.root)?;
     let layout = Layout::open(root)?;
@@ -130,7 +134,7 @@ fn serve(config: Config, listener: &Listener) -> Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the socket")?;
-        let daemon = Arc::new(Daemon::new(config, layout));
+        let daemon = Arc::new(Daemon::new(config, layout, policy));
         let (orphans, kept, trash) = startup::recover(&daemon);
         tracing::info!(
             root = %daemon.layout.root_path().display(),
@@ -142,6 +146,7 @@ fn serve(config: Config, listener: &Listener) -> Result<()> {
         );
         notify::ready(&daemon);
         notify::spawn_heartbeat(daemon.clone());
+        builddir_server::retention::spawn_periodic(daemon.clone());
         server::run(listener, daemon, shutdown_signal()).await;
         notify::stopping();
         tracing::info!("stopping");

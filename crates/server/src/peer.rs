@@ -12,6 +12,8 @@ pub struct Peer {
     pub pid: u32,
     /// `/proc/PID/comm` at connect time; informational only.
     pub command: String,
+    /// Supplementary groups at connect time (empty if unknown).
+    pub groups: Vec<u32>,
 }
 
 impl Peer {
@@ -26,16 +28,19 @@ impl Peer {
                 .map(|s| s.trim_end().to_owned())
                 .unwrap_or_default()
         };
+        let groups = crate::identity::supplementary_groups(pid, cred.uid()).unwrap_or_default();
         Ok(Peer {
             uid: cred.uid(),
             gid: cred.gid(),
             pid,
             command,
+            groups,
         })
     }
 
-    /// Returns true if and only if this peer may act on every lease.
-    pub fn is_operator(&self) -> bool {
-        self.uid == 0
+    /// Returns true if and only if `gid` is the peer's primary or one of
+    /// its supplementary groups.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
     }
 }

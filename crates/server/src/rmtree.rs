@@ -90,7 +90,11 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 
 /// Opens the directory `name` in `dirfd` without following symlinks, magic
 /// links or mount points, and without ever opening a non-directory.
-fn open_dir_beneath(dirfd: BorrowedFd<'_>, name: &CStr, mount_id: u64) -> Result<OwnedFd, Errno> {
+pub(crate) fn open_dir_beneath(
+    dirfd: BorrowedFd<'_>,
+    name: &CStr,
+    mount_id: u64,
+) -> Result<OwnedFd, Errno> {
     if !OPENAT2_MISSING.load(Ordering::Relaxed) {
         let resolve = ResolveFlags::BENEATH
             | ResolveFlags::NO_SYMLINKS

@@ -124,9 +124,12 @@ fn recovered(
             gid,
             pid: 0,
             command: String::new(),
+            groups: Vec::new(),
         },
         conn: 0,
         created: SystemTime::now(),
         trash_name,
+        kept_at: None,
+        size_bytes: None,
     }
 }

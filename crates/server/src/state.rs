@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 use tokio::sync::Semaphore;
 
-use builddir_proto::{LeaseEntry, LeaseState};
+use builddir_proto::{ErrorKind, LeaseEntry, LeaseState};
 
 use crate::config::Config;
 use crate::layout::Layout;
 use crate::lease_id::LeaseId;
 use crate::peer::Peer;
+use crate::policy::Policy;
 
 /// One lease the daemon knows about.
 #[derive(Debug, Clone)]
@@ -29,6 +30,10 @@ pub struct LeaseRecord {
     pub created: SystemTime,
     /// Name of the tree in trash while reaping or quarantined.
     pub trash_name: Option<String>,
+    /// When it was kept (retention counts age from here).
+    pub kept_at: Option<SystemTime>,
+    /// Size of a kept tree, measured when kept.
+    pub size_bytes: Option<u64>,
 }
 
 /// Monotonic counters for `status` (and later metrics).
@@ -41,12 +46,44 @@ pub struct Counters {
     pub reaped_entries: AtomicU64,
     pub reap_errors: AtomicU64,
     pub connections: AtomicU64,
+    pub refusals_by_kind: [AtomicU64; 9],
+    pub reaped_bytes: AtomicU64,
+    /// Sum of reap durations in microseconds.
+    pub reap_micros: AtomicU64,
+    /// Reaps that ended in quarantine.
+    pub reap_quarantined: AtomicU64,
 }
 
 impl Counters {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts a refusal of `kind`.
+    pub fn refused(&self, kind: ErrorKind) {
+        Counters::bump(&self.refusals);
+        Counters::bump(&self.refusals_by_kind[kind_index(kind)]);
+    }
+}
+
+/// Every error kind, in the order `refusals_by_kind` counts them.
+pub const ERROR_KINDS: [ErrorKind; 9] = [
+    ErrorKind::PermissionDenied,
+    ErrorKind::QuotaExceeded,
+    ErrorKind::NoSpace,
+    ErrorKind::InvalidName,
+    ErrorKind::NotFound,
+    ErrorKind::UnsupportedVersion,
+    ErrorKind::Busy,
+    ErrorKind::Internal,
+    ErrorKind::BadRequest,
+];
+
+fn kind_index(kind: ErrorKind) -> usize {
+    ERROR_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .expect("every kind is listed")
 }
 
 /// Everything the tasks share.
@@ -61,10 +98,11 @@ pub struct Daemon {
     pub last_reap_error: Mutex<Option<String>>,
     /// Bounds the number of trees deleted at once.
     pub reap_slots: Arc<Semaphore>,
+    pub policy: Policy,
 }
 
 impl Daemon {
-    pub fn new(config: Config, layout: Layout) -> Daemon {
+    pub fn new(config: Config, layout: Layout, policy: Policy) -> Daemon {
         let config_reap = config.reap_concurrency;
         Daemon {
             config,
@@ -75,6 +113,7 @@ impl Daemon {
             conns_per_uid: Mutex::new(HashMap::new()),
             last_reap_error: Mutex::new(None),
             reap_slots: Arc::new(Semaphore::new(config_reap)),
+            policy,
         }
     }
 
@@ -94,6 +133,17 @@ impl Daemon {
             Some(r) if r.state == LeaseState::Live => {
                 r.state = next;
                 r.conn = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves lease `id` from state `from` to `to` for exactly one caller.
+    pub fn claim_state(&self, id: LeaseId, from: LeaseState, to: LeaseState) -> bool {
+        match self.leases().get_mut(&id) {
+            Some(r) if r.state == from => {
+                r.state = to;
                 true
             }
             _ => false,

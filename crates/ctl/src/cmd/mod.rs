@@ -1,9 +1,11 @@
 //! One function per subcommand; each returns the process exit code.
 
+mod check;
 mod list;
 mod run;
 mod status;
 
+pub use check::check;
 pub use list::list;
 pub use run::run;
 pub use status::status;
@@ -46,5 +48,29 @@ pub async fn remove(socket: &Path, json: bool, id: &str) -> Result<ExitCode> {
     } else {
         println!("removed {id}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn gc(socket: &Path, json: bool, older_than_secs: u64) -> Result<ExitCode> {
+    let mut client = Client::connect(socket).await?;
+    let ids = client.gc(older_than_secs).await?;
+    if json {
+        output::json(&serde_json::json!({ "removed": ids }))?;
+    } else {
+        for id in &ids {
+            println!("removed {id}");
+        }
+        println!("{} kept tree(s) removed", ids.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn metrics(socket: &Path) -> Result<ExitCode> {
+    let mut client = Client::connect(socket).await?;
+    let text = client.metrics().await?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

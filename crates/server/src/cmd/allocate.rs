@@ -15,16 +15,26 @@ impl Session {
             uid: peer.uid,
             gid: peer.gid,
         });
-        // Only root may hand a directory to someone else (owner grants for
-        // orchestrators come with the policy configuration).
-        if (owner.uid != peer.uid || owner.gid != peer.gid) && !peer.is_operator() {
-            return error(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "uid {} may not allocate for {}:{}; ask for your own uid or get an owner grant",
-                    peer.uid, owner.uid, owner.gid
-                ),
+        // A directory for someone else needs root or an owner grant.
+        if owner.uid != peer.uid || owner.gid != peer.gid {
+            let granted = self.daemon.policy.may_assign(peer, owner.uid, owner.gid);
+            tracing::info!(
+                uid = peer.uid,
+                pid = peer.pid,
+                owner_uid = owner.uid,
+                owner_gid = owner.gid,
+                granted,
+                "owner assignment decision"
             );
+            if !granted {
+                return error(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "uid {} may not allocate for {}:{}; ask for your own uid or add an owner_grants entry",
+                        peer.uid, owner.uid, owner.gid
+                    ),
+                );
+            }
         }
         let config = &self.daemon.config;
         let (all, mine) = self.daemon.live_counts(peer.uid);
@@ -45,6 +55,9 @@ impl Session {
                     config.max_leases_per_uid, peer.uid
                 ),
             );
+        }
+        if let Some(refusal) = self.free_space_refusal() {
+            return refusal;
         }
         let lease = match allocate(&self.daemon.layout, owner.uid, owner.gid) {
             Ok(lease) => lease,
@@ -75,6 +88,8 @@ impl Session {
                 conn: self.conn_id,
                 created: SystemTime::now(),
                 trash_name: None,
+                kept_at: None,
+                size_bytes: None,
             },
         );
         Counters::bump(&self.daemon.counters.allocations);
@@ -95,5 +110,40 @@ impl Session {
             gid: owner.gid,
         };
         (Response::Allocated(reply), Some(lease.build))
+    }
+}
+
+impl Session {
+    /// `no-space` if the root is below `min_free_bytes` or `min_free_inodes`.
+    fn free_space_refusal(&self) -> Option<Reply> {
+        let config = &self.daemon.config;
+        if config.min_free_bytes == 0 && config.min_free_inodes == 0 {
+            return None;
+        }
+        let vfs = match rustix::fs::fstatvfs(&self.daemon.layout.root.fd) {
+            Ok(v) => v,
+            Err(e) => return Some(error(ErrorKind::Internal, format!("statvfs of root: {e}"))),
+        };
+        let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+        let root = self.daemon.layout.root_path().display();
+        if free < config.min_free_bytes {
+            return Some(error(
+                ErrorKind::NoSpace,
+                format!(
+                    "{free} bytes free on {root}, below min_free_bytes = {}; free space (builddir-ctl gc) or lower the limit",
+                    config.min_free_bytes
+                ),
+            ));
+        }
+        if vfs.f_favail < config.min_free_inodes {
+            return Some(error(
+                ErrorKind::NoSpace,
+                format!(
+                    "{} inodes free on {root}, below min_free_inodes = {}; free inodes (builddir-ctl gc) or lower the limit",
+                    vfs.f_favail, config.min_free_inodes
+                ),
+            ));
+        }
+        None
     }
 }

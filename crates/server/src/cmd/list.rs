@@ -1,13 +1,20 @@
-use builddir_proto::{ErrorKind, LeaseEntry, Response};
+use std::os::fd::OwnedFd;
+
+use builddir_proto::{ErrorKind, LeaseEntry, LeaseState, Response};
+use rustix::fs::{openat, Mode};
 
 use super::{error, Reply, Session};
+use crate::layout::{id_name, BUILD, DIR_OPEN};
+use crate::lease_id::LeaseId;
+use crate::state::Daemon;
+use crate::walk::{walk, JustSize};
 
 impl Session {
-    pub(super) async fn list(&mut self, all: bool, _size: bool) -> Reply {
-        if all && !self.peer.is_operator() {
+    pub(super) async fn list(&mut self, all: bool, size: bool) -> Reply {
+        if all && !self.is_operator() {
             return error(
                 ErrorKind::PermissionDenied,
-                "only operators (root) may list all leases; drop --all to see your own",
+                "only operators (root or operator_group) may list all leases; drop --all to see your own",
             );
         }
         let uid = self.peer.uid;
@@ -24,6 +31,32 @@ impl Session {
                 .cmp(&b.created_unix)
                 .then_with(|| a.id.cmp(&b.id))
         });
+        if size {
+            // Walking trees is I/O: on the blocking pool, never on a worker.
+            let daemon = self.daemon.clone();
+            rows = tokio::task::spawn_blocking(move || {
+                for row in &mut rows {
+                    if let Some(id) = LeaseId::parse(&row.id) {
+                        row.size_bytes = tree_size(&daemon, id, row.state);
+                    }
+                }
+                rows
+            })
+            .await
+            .unwrap_or_default();
+        }
         (Response::Leases(rows), None)
     }
+}
+
+/// Bytes in a live or kept tree (by fd walk), `None` for other states.
+pub fn tree_size(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<u64> {
+    let area = match state {
+        LeaseState::Live => &daemon.layout.leases,
+        LeaseState::Kept => &daemon.layout.kept,
+        _ => return None,
+    };
+    let outer: OwnedFd = openat(area, id_name(id).as_c_str(), DIR_OPEN, Mode::empty()).ok()?;
+    let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty()).ok()?;
+    Some(walk(build, &mut JustSize).bytes)
 }

@@ -2,10 +2,12 @@
 //! of one connection after the handshake.
 
 mod allocate;
+mod gc;
 mod list;
 mod release;
 mod status;
 
+pub use list::tree_size;
 pub use status::status_report;
 
 use std::os::fd::OwnedFd;
@@ -50,16 +52,28 @@ impl Session {
     pub async fn handle(&mut self, request: Request) -> Reply {
         let reply = match request {
             Request::Allocate { name, owner } => self.allocate(name, owner),
-            Request::Release { id, keep } => self.release(&id, keep),
+            Request::Release { id, keep } => self.release(&id, keep).await,
             Request::List { all, size } => self.list(all, size).await,
             Request::Status => self.status(),
             Request::Remove { id } => self.remove(&id),
+            Request::Gc { older_than_secs } => self.gc(older_than_secs).await,
+            Request::Metrics => (
+                Response::Metrics {
+                    text: crate::metrics::render(&self.daemon),
+                },
+                None,
+            ),
         };
         if let (Response::Error(e), _) = &reply {
-            crate::state::Counters::bump(&self.daemon.counters.refusals);
+            self.daemon.counters.refused(e.kind);
             tracing::info!(uid = self.peer.uid, pid = self.peer.pid, kind = %e.kind, message = %e.message, "request refused");
         }
         reply
+    }
+
+    /// Returns true if and only if the peer is root or in `operator_group`.
+    pub fn is_operator(&self) -> bool {
+        self.daemon.policy.is_operator(&self.peer)
     }
 
     /// Looks up `id` and checks that this peer may act on it.
@@ -77,7 +91,7 @@ impl Session {
             .get(&id)
             .cloned()
             .ok_or_else(not_found)?;
-        if self.peer.is_operator()
+        if self.is_operator()
             || record.peer.uid == self.peer.uid
             || record.owner_uid == self.peer.uid
         {

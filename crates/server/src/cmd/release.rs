@@ -4,11 +4,11 @@ use builddir_proto::ErrorReply;
 
 use super::{error, refusal, Reply, Session};
 use crate::lease_id::LeaseId;
-use crate::release::{kept_to_trash, to_kept, to_trash};
+use crate::release::{to_kept, to_trash};
 use crate::state::Counters;
 
 impl Session {
-    pub(super) fn release(&mut self, id: &str, keep: bool) -> Reply {
+    pub(super) async fn release(&mut self, id: &str, keep: bool) -> Reply {
         let record = match self.authorized(id) {
             Ok(r) => r,
             Err(e) => return refusal(e),
@@ -19,7 +19,11 @@ impl Session {
                 format!("lease {id} is {} already, not live", record.state),
             );
         }
-        match self.end_lease(record.id, keep, "release") {
+        let result = self.end_lease(record.id, keep, "release");
+        if let Ok(Some(_)) = &result {
+            self.hand_over_kept(&record).await;
+        }
+        match result {
             Ok(kept_path) => (
                 Response::Released(Released {
                     id: record.id.to_string(),
@@ -32,7 +36,7 @@ impl Session {
     }
 
     pub(super) fn remove(&mut self, id: &str) -> Reply {
-        if !self.peer.is_operator() {
+        if !self.is_operator() {
             return error(
                 ErrorKind::PermissionDenied,
                 "remove is for operators; use `builddir-ctl release ID` for your own leases",
@@ -44,13 +48,16 @@ impl Session {
         };
         let result = match record.state {
             LeaseState::Live => self.end_lease(record.id, false, "remove").map(|_| ()),
-            LeaseState::Kept => match kept_to_trash(&self.daemon.layout, record.id) {
-                Ok(trash_name) => {
-                    self.start_reap(record.id, trash_name, "remove");
+            LeaseState::Kept => {
+                if crate::retention::remove_kept(&self.daemon, record.id, "remove") {
                     Ok(())
+                } else {
+                    Err(ErrorReply::new(
+                        ErrorKind::NotFound,
+                        format!("lease {id} is not kept any more"),
+                    ))
                 }
-                Err(e) => Err(ErrorReply::new(ErrorKind::Internal, e.to_string())),
-            },
+            }
             state => Err(ErrorReply::new(
                 ErrorKind::NotFound,
                 format!("lease {id} is {state} already"),
@@ -112,7 +119,48 @@ impl Session {
         }
     }
 
-    fn start_reap(&self, id: LeaseId, trash_name: String, why: &str) {
+    /// Gives a kept tree to the requester (off the async workers: the tree
+    /// can be large), records its size, then applies retention.
+    async fn hand_over_kept(&self, record: &crate::state::LeaseRecord) {
+        let daemon = self.daemon.clone();
+        let (id, owner, to_uid, to_gid) =
+            (record.id, record.owner_uid, self.peer.uid, self.peer.gid);
+        let done = tokio::task::spawn_blocking(move || {
+            crate::keep::hand_over_kept(&daemon.layout, id, owner, to_uid, to_gid)
+        })
+        .await;
+        let done = match done {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                tracing::error!(lease_id = %id, error = %e, "cannot hand over kept tree");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(lease_id = %id, error = %e, "hand-over task failed");
+                return;
+            }
+        };
+        if let Some(r) = self.daemon.leases().get_mut(&id) {
+            r.kept_at = Some(std::time::SystemTime::now());
+            r.size_bytes = Some(done.walk.bytes);
+        }
+        tracing::info!(
+            lease_id = %id,
+            uid = to_uid,
+            owner_uid = owner,
+            chowned = done.chowned,
+            setid_cleared = done.setid_cleared,
+            skipped = done.skipped,
+            too_deep = done.walk.too_deep,
+            errors = done.walk.errors,
+            first_error = done.walk.first_error.as_deref().unwrap_or(""),
+            bytes = done.walk.bytes,
+            "kept tree handed over"
+        );
+        crate::retention::enforce(&self.daemon).await;
+    }
+
+    pub(super) fn start_reap(&self, id: LeaseId, trash_name: String, why: &str) {
         if let Some(r) = self.daemon.leases().get_mut(&id) {
             r.state = LeaseState::Reaping;
             r.conn = 0;
