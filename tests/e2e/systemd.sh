@@ -436,6 +436,14 @@ else
 fi
 ctl_bg_pid=
 
+# SIGTERM: STOPPING=1 and exit 0 (SPEC §3).
+gexec systemctl stop builddird.service
+stop_result="$(prop builddird.service Result) $(prop builddird.service ExecMainCode)/$(prop builddird.service ExecMainStatus)"
+check "5. systemctl stop: the daemon exits 0 on SIGTERM [Result ExecMainCode/Status: $stop_result]" \
+    test "$stop_result" = "success 1/0"
+check "5. after the stop the socket is still listening (next connection restarts the daemon)" \
+    test "$(prop builddird.socket ActiveState)" = active
+
 # ------------------------------------------------------------ 6. teardown ---
 log "powering off $machine"
 gexec systemctl poweroff --no-block >/dev/null 2>&1
