@@ -165,6 +165,7 @@ ln -sf /dev/null "$root/etc/systemd/system/console-getty.service"
 ln -sf /dev/null "$root/etc/systemd/system/getty@.service"
 
 # ------------------------------------------------------------------ boot ---
+# shellcheck disable=SC2054  # the commas are mount options
 nspawn_args=(
     --quiet --boot
     --directory="$root"
@@ -189,7 +190,7 @@ nspawn_pid=$!
 # PID namespace.
 find_leader() {
     local p
-    for p in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null); do
+    for p in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null || pgrep -P "$nspawn_pid"); do
         if awk '/^NSpid:/ { exit !($NF == 1 && NF > 2) }' "/proc/$p/status" 2>/dev/null; then
             echo "$p"; return 0
         fi
