@@ -238,7 +238,7 @@ fn reaper_vs_a_tree_100000_levels_deep_with_255_byte_names() {
     }
     let (d, _) = tree_attack("deep", "deep", 100_000, 0.0, "tmpfs");
     assert!(
-        d.log_text().contains("removed=100003"),
+        d.log_text().contains("removed=100004"),
         "{}",
         d.log_text()
             .lines()
@@ -299,7 +299,7 @@ fn reaper_vs_one_directory_with_a_million_entries_while_others_allocate() {
     canary.assert_intact("wide");
     assert_eventually_clean(&mut d, "wide");
     assert!(
-        d.log_text().contains("removed=1000004"),
+        d.log_text().contains("removed=1000005"),
         "{}",
         d.log_text()
             .lines()

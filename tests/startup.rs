@@ -208,12 +208,18 @@ fn a_stale_socket_file_is_replaced() {
 }
 
 #[test]
-fn kill9_with_a_live_lease_then_restart_reaps_only_the_orphan() {
-    if !require_root("kill9_with_a_live_lease_then_restart_reaps_only_the_orphan") {
+fn kill9_then_restart_reaps_orphans_and_unreclaimed_leases_and_nothing_else() {
+    if !require_root("kill9_then_restart_reaps_orphans_and_unreclaimed_leases_and_nothing_else") {
         return;
     }
-    let mut d = Daemon::start("orphan");
-    let probe = Probe::start(&d.socket, USER_A, "victim");
+    let mut d = Daemon::start_with(
+        "orphan",
+        DaemonOpts {
+            config: Some("reclaim_grace_secs = 2\n".into()),
+            ..Default::default()
+        },
+    );
+    let mut probe = Probe::start(&d.socket, USER_A, "victim");
     let path = probe.path();
     // Something of the operator's under root, and a kept tree: both must stay.
     std::fs::create_dir(d.root.join("operator-notes")).unwrap();
@@ -228,12 +234,35 @@ fn kill9_with_a_live_lease_then_restart_reaps_only_the_orphan() {
     ]);
     assert_eq!(kept.status.code(), Some(1));
     d.kill9();
-    drop(probe);
+    // The client dies too, while the daemon is down: nobody will reclaim.
+    probe.child.kill().unwrap();
+    probe.child.wait().unwrap();
+    // Leftovers of a crash mid-allocation: a temp dir, and a lease dir
+    // without its registry record.
+    std::fs::create_dir_all(d.root.join("b/.new-00000000deadbeef/build")).unwrap();
+    std::fs::create_dir_all(d.root.join("b/00000000feedf00d/build")).unwrap();
     assert!(path.exists(), "nothing deleted while the daemon is dead");
     d.spawn();
+    // Orphans go at once; the live lease waits out its grace period.
+    assert!(
+        eventually(Duration::from_secs(5), || d.entries("b").len() == 1),
+        "orphans not moved: {:?}",
+        d.entries("b")
+    );
+    assert!(
+        path.exists(),
+        "a lease with a record was reaped before its grace period"
+    );
+    let rows = d.list_all();
+    let live: Vec<_> = rows.iter().filter(|r| r["state"] == "live").collect();
+    assert_eq!(live.len(), 1, "{rows:?}");
+    assert_eq!(
+        live[0]["name"], "victim",
+        "the registry kept the lease's name"
+    );
     assert!(
         eventually(Duration::from_secs(10), || !path.exists()),
-        "orphan not reaped:\n{}",
+        "unreclaimed lease not released after the grace period:\n{}",
         d.log_text()
     );
     assert!(eventually(Duration::from_secs(10), || d
@@ -246,9 +275,10 @@ fn kill9_with_a_live_lease_then_restart_reaps_only_the_orphan() {
     let rows = d.list_all();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["state"], "kept");
+    let log = d.log_text();
     assert!(
-        d.log_text().contains("orphan build dir"),
-        "orphan not logged"
+        log.contains("orphan build dir") && log.contains("reclaim grace period expired"),
+        "{log}"
     );
 }
 

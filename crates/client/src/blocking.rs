@@ -1,5 +1,6 @@
-//! The same API for code without an async runtime. Each call runs on a
-//! small current-thread runtime owned by the value (no threads spawned).
+//! The same API for code without an async runtime. Each client owns a small
+//! runtime with one worker thread, which keeps a [`Lease`] alive in the
+//! background (it reclaims the lease if the daemon restarts).
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,9 @@ use tokio::runtime::Runtime;
 use crate::Error;
 
 fn runtime() -> Result<Arc<Runtime>, Error> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("builddir-lease")
         .enable_io()
         .enable_time()
         .build()

@@ -20,6 +20,7 @@ pub fn default_socket() -> PathBuf {
 #[derive(Debug)]
 pub struct Client {
     conn: Connection,
+    socket: PathBuf,
     server_version: String,
     protocol_version: u32,
     features: Vec<String>,
@@ -47,6 +48,7 @@ impl Client {
                 features,
             } => Ok(Client {
                 conn,
+                socket: path.to_owned(),
                 server_version,
                 protocol_version: version,
                 features,
@@ -85,6 +87,29 @@ impl Client {
                 Err(Error::Server(e))
             }
             r => Ok(r),
+        }
+    }
+
+    /// The socket this client connected to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Resolves when the daemon closes the connection (it never speaks
+    /// unasked, so anything that arrives means the connection is over).
+    pub(crate) async fn closed(&mut self) {
+        let _ = self.conn.read::<Response>().await;
+    }
+
+    /// Takes over lease `id` after a daemon restart.
+    pub(crate) async fn reclaim(&mut self, id: &str, secret: &str) -> Result<(), Error> {
+        let request = Request::Reclaim {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+        };
+        match self.call(&request).await? {
+            Response::Reclaimed { .. } => Ok(()),
+            _ => Err(Error::Unexpected("expected a reclaim confirmation")),
         }
     }
 

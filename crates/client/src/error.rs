@@ -25,6 +25,10 @@ pub enum Error {
     /// The daemon answered with something that does not fit the request.
     #[error("protocol error: {0}")]
     Unexpected(&'static str),
+    /// The lease ended without being asked to: builddird restarted and did
+    /// not take it back (its grace period passed, or it was removed).
+    #[error("lease {0} was lost: builddird restarted and did not accept it back within its reclaim grace period")]
+    LeaseLost(String),
     /// A local filesystem step failed.
     #[error("{context}: {source}")]
     Io {

@@ -1,23 +1,46 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use builddir_proto::{Owner, Request, Response};
+use builddir_proto::{ErrorKind, Owner, Released, Request, Response};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{Client, Error};
+
+/// How long a lease keeps trying to reach a restarting daemon.
+pub const RECLAIM_PATIENCE: Duration = Duration::from_secs(300);
 
 /// A build directory held from builddird.
 ///
 /// The directory exists while the lease does. Ending it: [`Lease::release`]
 /// (deleted in the background), [`Lease::keep`] (moved to the kept area), or
 /// drop (the connection closes; the daemon releases it).
+///
+/// **Across daemon restarts.** Under systemd with the file descriptor store
+/// (the shipped units), the lease's connection survives the restart and
+/// nothing happens at all. Otherwise the lease notices that its connection
+/// closed, reconnects (retrying for up to [`RECLAIM_PATIENCE`]) and reclaims
+/// itself with the secret the daemon issued at allocation; the daemon keeps
+/// an unclaimed lease for `reclaim_grace_secs` (default 60 s) after it
+/// starts, then releases it. The directory, its fd and its path stay the
+/// same throughout; the caller does nothing. This needs the lease's runtime
+/// to keep running (with [`crate::blocking`] it does: it owns a worker
+/// thread).
 #[derive(Debug)]
 pub struct Lease {
-    client: Client,
     dir: OwnedFd,
     id: String,
     path: PathBuf,
     uid: u32,
     gid: u32,
+    keeper: mpsc::Sender<End>,
+}
+
+/// A request to the keeper task to end the lease.
+#[derive(Debug)]
+struct End {
+    keep: bool,
+    reply: oneshot::Sender<Result<Released, Error>>,
 }
 
 impl Lease {
@@ -40,13 +63,15 @@ impl Lease {
             "allocation reply came without the directory fd",
         ))?;
         client.discard_fds();
+        let (keeper, ends) = mpsc::channel(1);
+        tokio::spawn(keep_alive(client, a.id.clone(), a.secret, ends));
         Ok(Lease {
-            client,
             dir,
             id: a.id,
             path: PathBuf::from(a.path),
             uid: a.uid,
             gid: a.gid,
+            keeper,
         })
     }
 
@@ -79,19 +104,74 @@ impl Lease {
     }
 
     /// Ends the lease; the daemon deletes the tree in the background.
-    pub async fn release(mut self) -> Result<(), Error> {
-        let id = self.id.clone();
-        self.client.release(&id, false).await.map(|_| ())
+    pub async fn release(self) -> Result<(), Error> {
+        self.end(false).await.map(|_| ())
     }
 
     /// Ends the lease but keeps the tree (for inspecting a failed build);
     /// returns where it now lives.
-    pub async fn keep(mut self) -> Result<PathBuf, Error> {
-        let id = self.id.clone();
-        let released = self.client.release(&id, true).await?;
-        released
+    pub async fn keep(self) -> Result<PathBuf, Error> {
+        self.end(true)
+            .await?
             .kept_path
             .map(PathBuf::from)
             .ok_or(Error::Unexpected("keep reply without a kept path"))
     }
+
+    async fn end(self, keep: bool) -> Result<Released, Error> {
+        let (reply, answer) = oneshot::channel();
+        let lost = || Error::LeaseLost(self.id.clone());
+        self.keeper
+            .send(End { keep, reply })
+            .await
+            .map_err(|_| lost())?;
+        answer.await.map_err(|_| lost())?
+    }
+}
+
+/// Owns the lease's connection: ends the lease when asked, and when the
+/// daemon goes away, reconnects and reclaims it. Returning drops the
+/// connection, which releases the lease (if the daemon still has it).
+async fn keep_alive(mut client: Client, id: String, secret: String, mut ends: mpsc::Receiver<End>) {
+    loop {
+        tokio::select! {
+            end = ends.recv() => {
+                // `None`: the Lease was dropped.
+                let Some(End { keep, reply }) = end else { return };
+                let mut result = client.release(&id, keep).await;
+                if matches!(&result, Err(Error::Proto(e)) if e.is_disconnect()) {
+                    if let Some(c) = reclaim(client.socket(), &id, &secret).await {
+                        client = c;
+                        result = client.release(&id, keep).await;
+                    }
+                }
+                let _ = reply.send(result);
+                return;
+            }
+            () = client.closed() => match reclaim(client.socket(), &id, &secret).await {
+                Some(c) => client = c,
+                None => return,
+            },
+        }
+    }
+}
+
+/// Reconnects to `socket` and reclaims lease `id`, retrying while the
+/// daemon restarts. `None` if the daemon says the lease is gone, or it
+/// stays unreachable for [`RECLAIM_PATIENCE`].
+async fn reclaim(socket: &Path, id: &str, secret: &str) -> Option<Client> {
+    let deadline = Instant::now() + RECLAIM_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    while Instant::now() < deadline {
+        if let Ok(mut client) = Client::connect(socket).await {
+            match client.reclaim(id, secret).await {
+                Ok(()) => return Some(client),
+                Err(e) if e.reply().is_some_and(|r| r.kind == ErrorKind::NotFound) => return None,
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+    None
 }

@@ -119,7 +119,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("builddir-ctl: {e:#}");
+            eprintln!("builddir-ctl: {}", output::one_line(&e));
             ExitCode::FAILURE
         }
     }

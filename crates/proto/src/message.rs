@@ -74,6 +74,9 @@ pub enum Request {
     Gc { older_than_secs: u64 },
     /// Counters and gauges in the Prometheus/OpenMetrics text format.
     Metrics,
+    /// Take over a lease whose connection was lost (the daemon restarted),
+    /// proving it with the secret from [`Allocated::secret`].
+    Reclaim { id: String, secret: String },
 }
 
 /// A response to one [`Request`].
@@ -95,6 +98,10 @@ pub enum Response {
     Metrics {
         text: String,
     },
+    /// The lease now belongs to this connection.
+    Reclaimed {
+        id: String,
+    },
     Error(ErrorReply),
 }
 
@@ -106,6 +113,9 @@ pub struct Allocated {
     pub path: String,
     pub uid: u32,
     pub gid: u32,
+    /// Proves ownership when reclaiming the lease after a daemon restart.
+    /// 128 random bits; never logged.
+    pub secret: String,
 }
 
 /// A lease that ended.

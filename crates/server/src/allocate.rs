@@ -3,8 +3,9 @@
 //! 1. `mkdirat(b, ".new-<id>", 0)` — a private temporary name.
 //! 2. open it (`O_DIRECTORY|O_NOFOLLOW`), `fchown(root, owner_gid)`, `fchmod 0710`.
 //! 3. `mkdirat(outer, "build", 0)`, open it, `fchown(owner)`, `fchmod 0700`.
-//! 4. `renameat2(b/.new-<id>, b/<id>, RENAME_NOREPLACE)` — the lease appears
-//!    complete or not at all.
+//! 4. the registry record `outer/lease.json` ([`crate::registry`]).
+//! 5. `renameat2(b/.new-<id>, b/<id>, RENAME_NOREPLACE)` — the lease appears
+//!    complete, with its record, or not at all.
 //!
 //! `b` is root-owned 0711, so no user can create, swap or rename anything
 //! in it; the fds make each step independent of path lookups anyway.
@@ -16,8 +17,10 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use crate::failpoint;
 use crate::layout::{id_name, Layout, BUILD, DIR_OPEN};
 use crate::lease_id::LeaseId;
+use crate::registry::{self, LeaseMeta};
 
 /// A step of allocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +46,13 @@ pub struct NewLease {
     pub build: OwnedFd,
 }
 
-/// Creates `b/<id>/build` owned by `uid:gid`.
-pub fn allocate(layout: &Layout, uid: u32, gid: u32) -> Result<NewLease, AllocError> {
+/// Creates `b/<id>/build` owned by `uid:gid`, recording `meta(id)`.
+pub fn allocate(
+    layout: &Layout,
+    uid: u32,
+    gid: u32,
+    meta: impl FnOnce(LeaseId) -> LeaseMeta,
+) -> Result<NewLease, AllocError> {
     let id = LeaseId::generate().map_err(|e| AllocError {
         step: "getrandom",
         source: Errno::from_io_error(&e).unwrap_or(Errno::IO),
@@ -54,6 +62,7 @@ pub fn allocate(layout: &Layout, uid: u32, gid: u32) -> Result<NewLease, AllocEr
     let step = |step| move |source| AllocError { step, source };
 
     mkdirat(&layout.leases, tmp_name.as_str(), Mode::empty()).map_err(step("mkdirat outer"))?;
+    failpoint::hit("allocate:after-mkdir");
     let result = (|| {
         let outer = openat(&layout.leases, tmp_name.as_str(), DIR_OPEN, Mode::empty())
             .map_err(step("open outer"))?;
@@ -65,6 +74,8 @@ pub fn allocate(layout: &Layout, uid: u32, gid: u32) -> Result<NewLease, AllocEr
         fchown(&build, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
             .map_err(step("fchown build"))?;
         fchmod(&build, Mode::from_raw_mode(0o700)).map_err(step("fchmod build"))?;
+        registry::write(outer.as_fd(), &meta(id)).map_err(step("write lease.json"))?;
+        failpoint::hit("allocate:before-rename");
         renameat_with(
             &layout.leases,
             tmp_name.as_str(),
@@ -73,6 +84,7 @@ pub fn allocate(layout: &Layout, uid: u32, gid: u32) -> Result<NewLease, AllocEr
             RenameFlags::NOREPLACE,
         )
         .map_err(step("renameat2 into place"))?;
+        failpoint::hit("allocate:after-rename");
         Ok(build)
     })();
     match result {
@@ -88,6 +100,7 @@ pub fn allocate(layout: &Layout, uid: u32, gid: u32) -> Result<NewLease, AllocEr
 fn discard_partial(leases: std::os::fd::BorrowedFd<'_>, tmp_name: &str) {
     if let Ok(outer) = openat(leases, tmp_name, DIR_OPEN, Mode::empty()) {
         let _ = unlinkat(&outer, BUILD, AtFlags::REMOVEDIR);
+        let _ = unlinkat(&outer, registry::META, AtFlags::empty());
     }
     let _ = unlinkat(leases, tmp_name, AtFlags::REMOVEDIR);
 }

@@ -82,6 +82,13 @@ pub struct Config {
     pub socket_mode: String,
     /// Group (name or gid) of a socket bound by hand; empty keeps root's.
     pub socket_group: String,
+    /// After a restart, leases whose clients have not reclaimed them (and
+    /// whose connections did not survive in systemd's fd store) are
+    /// released after this many seconds.
+    pub reclaim_grace_secs: u64,
+    /// Keep lease connections in systemd's file descriptor store (when
+    /// `NOTIFY_SOCKET` is set), so a restart does not drop them.
+    pub fd_store: bool,
 }
 
 /// Lets `users`/`groups` ask for directories owned by `uids`:`gids`.
@@ -122,6 +129,8 @@ impl Default for Config {
             kept_max_age_secs: 7 * 24 * 3600,
             socket_mode: "0666".to_owned(),
             socket_group: String::new(),
+            reclaim_grace_secs: 60,
+            fd_store: true,
         }
     }
 }

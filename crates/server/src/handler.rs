@@ -41,7 +41,30 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
     if !handshake(&daemon, &mut conn, &peer).await {
         return;
     }
-    let mut session = Session::new(daemon, peer, conn_id);
+    requests(Session::new(daemon, peer, conn_id), conn).await;
+}
+
+/// Serves a connection handed back by systemd's fd store after a restart:
+/// its handshake happened with the previous daemon, so requests follow.
+pub async fn resume(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
+    let Ok(peer) = Peer::of(&stream) else {
+        return;
+    };
+    let slot_owner = daemon.clone();
+    let Ok(_slot) = slot_owner.enter_connection(peer.uid) else {
+        return;
+    };
+    tracing::info!(
+        uid = peer.uid,
+        pid = peer.pid,
+        "connection resumed from the fd store"
+    );
+    let conn = Connection::new(stream, FdPolicy::Refuse);
+    requests(Session::new(daemon, peer, conn_id), conn).await;
+}
+
+/// Request → response until the peer leaves; then its leases end.
+async fn requests(mut session: Session, mut conn: Connection) {
     loop {
         let request = match conn.read::<Request>().await {
             Ok(Some(r)) => r,
@@ -60,6 +83,20 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
                 tracing::debug!(error = %e, "cannot send response");
             }
             break;
+        }
+        // A lease's connection goes to systemd's fd store, so that a daemon
+        // restart does not close it.
+        let stored = match &response {
+            Response::Allocated(a) => Some(&a.id),
+            Response::Reclaimed { id } => Some(id),
+            _ => None,
+        };
+        if let Some(id) = stored.and_then(|id| crate::lease_id::LeaseId::parse(id)) {
+            crate::fdstore::store(
+                &session.daemon.config,
+                conn.stream().as_fd(),
+                &crate::fdstore::name_of(id),
+            );
         }
     }
     session.release_held("disconnect");

@@ -12,6 +12,9 @@
 pub mod allocate;
 pub mod cmd;
 pub mod config;
+pub mod ending;
+pub mod failpoint;
+pub mod fdstore;
 pub mod handler;
 pub mod identity;
 pub mod keep;
@@ -25,6 +28,7 @@ pub mod notify;
 pub mod peer;
 pub mod policy;
 pub mod reaper;
+pub mod registry;
 pub mod release;
 pub mod retention;
 pub mod rmtree;

@@ -29,6 +29,8 @@ pub enum ListenError {
 pub struct Listener {
     pub listener: UnixListener,
     pub bound_path: Option<PathBuf>,
+    /// Lease connections systemd handed back from its fd store.
+    pub resumed: Vec<(crate::lease_id::LeaseId, std::os::fd::OwnedFd)>,
 }
 
 impl Listener {
@@ -36,12 +38,12 @@ impl Listener {
     /// with `socket_mode` and `socket_group`.
     pub fn acquire(config: &crate::config::Config) -> Result<Listener, ListenError> {
         let path = config.socket.as_path();
-        if let Some(listener) =
-            crate::systemd_fds::take_listener().map_err(ListenError::Activation)?
-        {
+        let inherited = crate::systemd_fds::take().map_err(ListenError::Activation)?;
+        if let Some(listener) = inherited.listener {
             return Ok(Listener {
                 listener,
                 bound_path: None,
+                resumed: inherited.leases,
             });
         }
         let mode = config.socket_mode_bits().unwrap_or(0o666);
@@ -63,9 +65,18 @@ impl Listener {
                 source,
             })?;
         }
+        // Keep our own socket across restarts too (when systemd runs us).
+        crate::fdstore::store(
+            config,
+            std::os::fd::AsFd::as_fd(&listener),
+            crate::fdstore::LISTENER,
+        );
         Ok(Listener {
             listener,
-            bound_path: Some(path.to_owned()),
+            // A socket kept in the fd store must keep its path for the next
+            // instance; otherwise we remove what we bound.
+            bound_path: (!crate::fdstore::enabled(config)).then(|| path.to_owned()),
+            resumed: inherited.leases,
         })
     }
 

@@ -14,7 +14,12 @@ pub fn init(level: &str) -> bool {
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {
             registry
-                .with(journald.with_syslog_identifier("builddird".into()))
+                .with(
+                    journald
+                        .with_syslog_identifier("builddird".into())
+                        // Fields as LEASE_ID, UID, … (not F_LEASE_ID).
+                        .with_field_prefix(None),
+                )
                 .init();
             return true;
         }

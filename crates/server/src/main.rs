@@ -12,7 +12,7 @@ use builddir_server::identity::Accounts;
 use builddir_server::layout::Layout;
 use builddir_server::listener::Listener;
 use builddir_server::policy::Policy;
-use builddir_server::{logging, mount, notify, server, startup, state::Daemon};
+use builddir_server::{handler, logging, mount, notify, server, startup, state::Daemon};
 
 /// The builddird daemon. Every flag overrides the same key of the config file.
 #[derive(Debug, Parser)]
@@ -47,8 +47,17 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the cause chain joined, as the operator reads it.
-            let line = format!("{e:#}");
+            // One line: the cause chain joined, each cause once.
+            let mut line = String::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                if !line.contains(&text) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&text);
+                }
+            }
             if journald {
                 tracing::error!("{line}");
             } else {
@@ -88,8 +97,8 @@ fn run(args: Args) -> Result<()> {
     }
     // The socket first: a second daemon must fail here, before it touches
     // the mount or anything under it.
-    let listener = Listener::acquire(&config)?;
-    let result = serve(config, &listener);
+    let mut listener = Listener::acquire(&config)?;
+    let result = serve(config, &mut listener);
     listener.remove_path();
     result
 }
@@ -113,7 +122,7 @@ fn check(config: &Config) -> Result<()> {
     Ok(())
 }
 
-fn serve(config: Config, listener: &Listener) -> Result<()> {
+fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     let policy = Policy::from_config(&config, &Accounts::load())?;
     mount::prepare(&config.root, config.backing, &config.tmpfs_size)?;
     let root = mount::verify(&config.root)?;
@@ -126,6 +135,7 @@ fn serve(config: Config, listener: &Listener) -> Result<()> {
     std_listener
         .set_nonblocking(true)
         .context("cannot make the socket non-blocking")?;
+    let resumed = std::mem::take(&mut listener.resumed);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("builddird")
@@ -135,23 +145,56 @@ fn serve(config: Config, listener: &Listener) -> Result<()> {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the socket")?;
         let daemon = Arc::new(Daemon::new(config, layout, policy));
-        let (orphans, kept, trash) = startup::recover(&daemon);
+        let found = startup::recover(&daemon, resumed);
+        let mut conn_id: u64 = 0;
+        for (fd, ids) in found.connections {
+            conn_id += 1;
+            match resumed_stream(fd) {
+                Ok(stream) => {
+                    for id in &ids {
+                        if let Some(r) = daemon.leases().get_mut(id) {
+                            r.conn = conn_id;
+                        }
+                    }
+                    tokio::spawn(handler::resume(daemon.clone(), stream, conn_id));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot resume a stored connection"),
+            }
+        }
+        let detached = daemon
+            .leases()
+            .values()
+            .filter(|r| r.conn == 0 && r.state == builddir_proto::LeaseState::Live)
+            .count();
         tracing::info!(
             root = %daemon.layout.root_path().display(),
             backing = daemon.config.backing.as_str(),
-            orphans,
-            kept,
-            trash,
+            live = found.live,
+            resumed = conn_id,
+            awaiting_reclaim = detached,
+            orphans = found.orphans,
+            kept = found.kept,
+            trash = found.trash,
             "mount verified (nosuid,nodev,exec); serving"
         );
+        if detached > 0 {
+            builddir_server::ending::spawn_grace_expiry(daemon.clone());
+        }
         notify::ready(&daemon);
         notify::spawn_heartbeat(daemon.clone());
         builddir_server::retention::spawn_periodic(daemon.clone());
-        server::run(listener, daemon, shutdown_signal()).await;
+        server::run(listener, daemon, conn_id, shutdown_signal()).await;
         notify::stopping();
         tracing::info!("stopping");
         Ok(())
     })
+}
+
+/// A stored connection as a tokio stream.
+fn resumed_stream(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::UnixStream> {
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    std_stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(std_stream)
 }
 
 async fn shutdown_signal() {

@@ -16,9 +16,16 @@ use crate::state::Daemon;
 /// backs off briefly and retries: pending clients wait in the backlog
 /// instead of the loop spinning, and service resumes by itself when load
 /// drops.
-pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
+/// Connection ids continue after `first_conn_id` (resumed connections took
+/// the ones before).
+pub async fn run(
+    listener: UnixListener,
+    daemon: Arc<Daemon>,
+    first_conn_id: u64,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
-    let mut conn_id: u64 = 0;
+    let mut conn_id: u64 = first_conn_id;
     let mut last_warning: Option<Instant> = None;
     loop {
         tokio::select! {

@@ -1,24 +1,28 @@
 //! What happens between "the mount is verified" and `READY=1`.
 //!
 //! - One daemon per root: an exclusive `flock` on the root fd.
-//! - Every directory left in `b/` has no live lease (leases live in memory
-//!   and with their connections), so it is an orphan: it moves to trash.
+//! - Every lease in `b/` with a registry record ([`crate::registry`]) is
+//!   live again: attached to its connection if systemd handed that back from
+//!   the fd store, else detached and waiting `reclaim_grace_secs` for its
+//!   client to reclaim it. Anything else in `b/` (a half-made `.new-*`, a
+//!   directory without a record) is an orphan and moves to trash.
 //! - Kept trees are listed again.
 //! - Everything in trash is reaped in the background: readiness never waits
 //!   for deletion.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use builddir_proto::LeaseState;
-use rustix::fs::{flock, statx, AtFlags, Dir, FlockOperation, StatxFlags};
+use rustix::fs::{flock, openat, statx, AtFlags, Dir, FlockOperation, Mode, StatxFlags};
 use rustix::io::Errno;
 
-use crate::layout::{Layout, BUILD};
+use crate::layout::{Layout, BUILD, DIR_OPEN};
 use crate::lease_id::LeaseId;
 use crate::peer::Peer;
+use crate::registry;
 use crate::release::move_to_trash;
 use crate::state::{Daemon, LeaseRecord};
 
@@ -51,11 +55,48 @@ fn names_in(dir: BorrowedFd<'_>) -> Vec<CString> {
     names
 }
 
-/// Moves orphans to trash, relists kept trees, starts reaping trash.
-/// Returns (orphans, kept, trash entries).
-pub fn recover(daemon: &Arc<Daemon>) -> (usize, usize, usize) {
+/// What [`recover`] found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub live: usize,
+    pub orphans: usize,
+    pub kept: usize,
+    pub trash: usize,
+    /// Connections to serve again, each with the ids of its leases.
+    pub connections: Vec<(OwnedFd, Vec<LeaseId>)>,
+}
+
+/// Rebuilds the lease table from disk, matches the connections systemd
+/// handed back, moves orphans to trash, starts reaping trash.
+pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recovered {
     let layout = &daemon.layout;
-    let orphans = names_in(layout.leases.as_fd());
+    let mut found = Recovered::default();
+    let mut orphans = Vec::new();
+    for name in names_in(layout.leases.as_fd()) {
+        let meta = LeaseId::parse(&name.to_string_lossy()).and_then(|id| {
+            let outer = openat(
+                layout.leases.as_fd(),
+                name.as_c_str(),
+                DIR_OPEN,
+                Mode::empty(),
+            )
+            .ok()?;
+            registry::read(outer.as_fd())
+                .filter(|m| m.id == id.to_string())
+                .map(|m| (id, m))
+        });
+        match meta {
+            Some((id, meta)) => {
+                daemon
+                    .leases()
+                    .insert(id, from_meta(id, LeaseState::Live, &meta));
+                found.live += 1;
+            }
+            None => orphans.push(name),
+        }
+    }
+    found.connections = attach(daemon, resumed);
+    found.orphans = orphans.len();
     for name in &orphans {
         match move_to_trash(layout, layout.leases.as_fd(), name) {
             Ok(t) => {
@@ -88,7 +129,63 @@ pub fn recover(daemon: &Arc<Daemon>) -> (usize, usize, usize) {
         }
         crate::reaper::spawn(daemon.clone(), name, id);
     }
-    (orphans.len(), kept.len(), trash.len())
+    found.kept = kept.len();
+    found.trash = trash.len();
+    found
+}
+
+/// Matches stored connections to live leases. Several leases may share one
+/// connection (the store holds one dup per lease): they are grouped by the
+/// socket's inode so each connection is served once. Fds of unknown leases
+/// are closed.
+fn attach(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Vec<(OwnedFd, Vec<LeaseId>)> {
+    let mut by_socket: Vec<(u64, OwnedFd, Vec<LeaseId>)> = Vec::new();
+    for (id, fd) in resumed {
+        let live = daemon
+            .leases()
+            .get(&id)
+            .is_some_and(|r| r.state == LeaseState::Live);
+        if !live {
+            tracing::info!(lease_id = %id, "closing a stored connection of a lease that no longer exists");
+            crate::fdstore::forget(&daemon.config, id);
+            continue;
+        }
+        let Ok(st) = rustix::fs::fstat(&fd) else {
+            continue;
+        };
+        match by_socket.iter_mut().find(|(ino, _, _)| *ino == st.st_ino) {
+            Some((_, _, ids)) => ids.push(id),
+            None => by_socket.push((st.st_ino, fd, vec![id])),
+        }
+    }
+    by_socket
+        .into_iter()
+        .map(|(_, fd, ids)| (fd, ids))
+        .collect()
+}
+
+/// A lease table entry rebuilt from its registry record.
+fn from_meta(id: LeaseId, state: LeaseState, m: &registry::LeaseMeta) -> LeaseRecord {
+    LeaseRecord {
+        id,
+        name: m.name.clone(),
+        state,
+        owner_uid: m.owner_uid,
+        owner_gid: m.owner_gid,
+        peer: Peer {
+            uid: m.peer_uid,
+            gid: m.peer_gid,
+            pid: m.peer_pid,
+            command: m.peer_command.clone(),
+            groups: Vec::new(),
+        },
+        conn: 0,
+        created: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(m.created_unix),
+        trash_name: None,
+        kept_at: None,
+        size_bytes: None,
+        secret: m.secret.clone(),
+    }
 }
 
 fn owner_of_build(area: BorrowedFd<'_>, outer: &CString) -> Option<(u32, u32)> {
@@ -131,5 +228,6 @@ fn recovered(
         trash_name,
         kept_at: None,
         size_bytes: None,
+        secret: String::new(),
     }
 }

@@ -34,6 +34,8 @@ pub struct LeaseRecord {
     pub kept_at: Option<SystemTime>,
     /// Size of a kept tree, measured when kept.
     pub size_bytes: Option<u64>,
+    /// The reclaim secret (live leases only).
+    pub secret: String,
 }
 
 /// Monotonic counters for `status` (and later metrics).

@@ -12,33 +12,59 @@ use std::os::unix::net::UnixListener;
 use rustix::net::sockopt::{socket_acceptconn, socket_type};
 use rustix::net::{getsockname, SocketAddrAny, SocketType};
 
-/// The listening socket systemd passed, if this process was socket
-/// activated. Unsets `LISTEN_*` so children do not inherit them.
-///
-/// Refuses (rather than guesses) if more than one fd was passed or the fd is
-/// not a listening `AF_UNIX` stream socket.
-pub fn take_listener() -> io::Result<Option<UnixListener>> {
+use crate::lease_id::LeaseId;
+
+/// What systemd handed over at start.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// The listening socket (from the `.socket` unit, or our own bound
+    /// socket kept in the fd store as `listener`).
+    pub listener: Option<UnixListener>,
+    /// Lease connections kept in the fd store, by lease.
+    pub leases: Vec<(LeaseId, OwnedFd)>,
+}
+
+/// Adopts the fds systemd passed (`LISTEN_FDS`, named by `LISTEN_FDNAMES`)
+/// and unsets the variables so nothing adopts them twice. Exactly one
+/// listening socket is accepted; fds named `lease-<id>` are lease
+/// connections; anything else is closed.
+pub fn take() -> io::Result<Inherited> {
     let fds: Vec<_> = sd_notify::listen_fds_with_names()?.collect();
     // Called before any thread starts (see main), so this cannot race.
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);
     }
-    let Some(&(raw, _)) = fds.first() else {
-        return Ok(None);
-    };
-    // SAFETY: `listen_fds_with_names` returned this number only because
-    // LISTEN_PID names this process and LISTEN_FDS covers it: the service
-    // manager opened it for us before exec, nothing else in this process
-    // owns it, and the env vars were just unset so it is adopted once.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    if fds.len() != 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("expected one socket from systemd, got {}; set ListenStream= once in builddird.socket", fds.len()),
-        ));
+    let mut inherited = Inherited::default();
+    let mut stored_listener = None;
+    for (raw, name) in fds {
+        // SAFETY: `listen_fds_with_names` returned this number only because
+        // LISTEN_PID names this process and LISTEN_FDS covers it: the
+        // service manager opened it for us before exec, nothing else in this
+        // process owns it, and the variables were just unset so each number
+        // is adopted once.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if let Some(id) = crate::fdstore::lease_of(&name) {
+            inherited.leases.push((id, fd));
+        } else if check_listening_unix_stream(fd.as_fd()).is_ok() {
+            if name == crate::fdstore::LISTENER {
+                stored_listener = Some(UnixListener::from(fd));
+            } else if inherited.listener.is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "systemd passed more than one listening socket; set ListenStream= once in builddird.socket",
+                ));
+            } else {
+                inherited.listener = Some(UnixListener::from(fd));
+            }
+        } else {
+            tracing::warn!(name, "closing an unexpected fd passed by systemd");
+        }
     }
-    check_listening_unix_stream(fd.as_fd())?;
-    Ok(Some(UnixListener::from(fd)))
+    // A socket unit's socket wins over one we bound and stored ourselves.
+    if inherited.listener.is_none() {
+        inherited.listener = stored_listener;
+    }
+    Ok(inherited)
 }
 
 fn check_listening_unix_stream(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {

@@ -3,6 +3,7 @@ use std::time::SystemTime;
 
 use super::{error, Reply, Session};
 use crate::allocate::allocate;
+use crate::registry::LeaseMeta;
 use crate::state::{Counters, LeaseRecord};
 
 impl Session {
@@ -59,7 +60,26 @@ impl Session {
         if let Some(refusal) = self.free_space_refusal() {
             return refusal;
         }
-        let lease = match allocate(&self.daemon.layout, owner.uid, owner.gid) {
+        let secret = match crate::registry::new_secret() {
+            Ok(s) => s,
+            Err(e) => return error(ErrorKind::Internal, format!("getrandom: {e}")),
+        };
+        let created = SystemTime::now();
+        let meta = |id: crate::lease_id::LeaseId| LeaseMeta {
+            id: id.to_string(),
+            name: name.clone(),
+            owner_uid: owner.uid,
+            owner_gid: owner.gid,
+            peer_uid: peer.uid,
+            peer_gid: peer.gid,
+            peer_pid: peer.pid,
+            peer_command: peer.command.clone(),
+            created_unix: created
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            secret: secret.clone(),
+        };
+        let lease = match allocate(&self.daemon.layout, owner.uid, owner.gid, meta) {
             Ok(lease) => lease,
             Err(e) if e.is_no_space() => {
                 return error(
@@ -86,10 +106,11 @@ impl Session {
                 owner_gid: owner.gid,
                 peer: peer.clone(),
                 conn: self.conn_id,
-                created: SystemTime::now(),
+                created,
                 trash_name: None,
                 kept_at: None,
                 size_bytes: None,
+                secret: secret.clone(),
             },
         );
         Counters::bump(&self.daemon.counters.allocations);
@@ -108,6 +129,7 @@ impl Session {
             path: path.display().to_string(),
             uid: owner.uid,
             gid: owner.gid,
+            secret,
         };
         (Response::Allocated(reply), Some(lease.build))
     }

@@ -4,6 +4,7 @@
 mod allocate;
 mod gc;
 mod list;
+mod reclaim;
 mod release;
 mod status;
 
@@ -57,6 +58,7 @@ impl Session {
             Request::Status => self.status(),
             Request::Remove { id } => self.remove(&id),
             Request::Gc { older_than_secs } => self.gc(older_than_secs).await,
+            Request::Reclaim { id, secret } => self.reclaim(&id, &secret),
             Request::Metrics => (
                 Response::Metrics {
                     text: crate::metrics::render(&self.daemon),

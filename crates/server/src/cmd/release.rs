@@ -3,8 +3,9 @@ use builddir_proto::{ErrorKind, LeaseState, Released, Response};
 use builddir_proto::ErrorReply;
 
 use super::{error, refusal, Reply, Session};
+use crate::ending::Ender;
 use crate::lease_id::LeaseId;
-use crate::release::{to_kept, to_trash};
+use crate::release::to_kept;
 use crate::state::Counters;
 
 impl Session {
@@ -82,41 +83,32 @@ impl Session {
         keep: bool,
         why: &str,
     ) -> Result<Option<String>, ErrorReply> {
-        let next = if keep {
-            LeaseState::Kept
-        } else {
-            LeaseState::Reaping
+        let by = Ender {
+            uid: self.peer.uid,
+            pid: self.peer.pid,
+            why,
         };
-        if !self.daemon.claim_live(id, next) {
+        if !keep {
+            return crate::ending::release(&self.daemon, id, by).map(|()| None);
+        }
+        if !self.daemon.claim_live(id, LeaseState::Kept) {
             return Err(ErrorReply::new(
                 ErrorKind::NotFound,
                 format!("lease {id} was released already"),
             ));
         }
+        crate::fdstore::forget(&self.daemon.config, id);
         let layout = &self.daemon.layout;
-        if keep {
-            if let Err(e) = to_kept(layout, id) {
-                self.daemon.unclaim(id);
-                tracing::error!(lease_id = %id, error = %e, "keep failed");
-                return Err(ErrorReply::new(ErrorKind::Internal, e.to_string()));
-            }
-            let path = layout.kept_path(id);
-            Counters::bump(&self.daemon.counters.releases);
-            tracing::info!(lease_id = %id, uid = self.peer.uid, pid = self.peer.pid, path = %path.display(), why, "kept");
-            return Ok(Some(path.display().to_string()));
+        if let Err(e) = to_kept(layout, id) {
+            self.daemon.unclaim(id);
+            tracing::error!(lease_id = %id, error = %e, "keep failed");
+            return Err(ErrorReply::new(ErrorKind::Internal, e.to_string()));
         }
-        match to_trash(layout, id) {
-            Ok(trash_name) => {
-                Counters::bump(&self.daemon.counters.releases);
-                self.start_reap(id, trash_name, why);
-                Ok(None)
-            }
-            Err(e) => {
-                self.daemon.unclaim(id);
-                tracing::error!(lease_id = %id, error = %e, "release failed");
-                Err(ErrorReply::new(ErrorKind::Internal, e.to_string()))
-            }
-        }
+        crate::failpoint::hit("keep:after-rename");
+        let path = layout.kept_path(id);
+        Counters::bump(&self.daemon.counters.releases);
+        tracing::info!(lease_id = %id, uid = self.peer.uid, pid = self.peer.pid, path = %path.display(), why, "kept");
+        Ok(Some(path.display().to_string()))
     }
 
     /// Gives a kept tree to the requester (off the async workers: the tree
@@ -158,22 +150,5 @@ impl Session {
             "kept tree handed over"
         );
         crate::retention::enforce(&self.daemon).await;
-    }
-
-    pub(super) fn start_reap(&self, id: LeaseId, trash_name: String, why: &str) {
-        if let Some(r) = self.daemon.leases().get_mut(&id) {
-            r.state = LeaseState::Reaping;
-            r.conn = 0;
-            r.trash_name = Some(trash_name.clone());
-        }
-        tracing::info!(
-            lease_id = %id,
-            uid = self.peer.uid,
-            pid = self.peer.pid,
-            path = %self.daemon.layout.lease_path(id).display(),
-            why,
-            "released"
-        );
-        crate::reaper::spawn(self.daemon.clone(), trash_name, Some(id));
     }
 }
