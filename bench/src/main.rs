@@ -86,7 +86,7 @@ struct Args {
     /// [2,3] Tree shapes.
     #[arg(long, value_delimiter = ',', value_enum, value_name = "SHAPE,..")]
     shapes: Option<Vec<Shape>>,
-    /// [2,3] Samples per sized tree (default: 9 up to 10 000 entries, else 5).
+    /// [2,3] Samples per sized tree (default: 15 up to 10 000 entries, else 9).
     #[arg(long, value_name = "N")]
     tree_samples: Option<usize>,
     /// [2,3] Samples of the empty tree.
@@ -110,8 +110,9 @@ struct Args {
     /// [6] install -d fork/execs.
     #[arg(long, value_name = "N")]
     install_ops: Option<usize>,
-    /// How builddird provides its mount.
-    #[arg(long, value_enum, default_value = "bind")]
+    /// How builddird provides its mount. tmpfs by default: see
+    /// docs/benchmarks.md for why, and for a bind run.
+    #[arg(long, value_enum, default_value = "tmpfs")]
     backing: Backing,
     /// Base of the scratch directories (a root-owned path without symlinks).
     #[arg(long, default_value = "/var/tmp/builddir-bench", value_name = "DIR")]
@@ -179,20 +180,20 @@ impl Sizes {
         } else {
             Sizes {
                 concurrency: vec![1, 16, 64],
-                alloc_ops: 6000,
+                alloc_ops: 20_000,
                 blocks: 3,
                 warmup: 500,
                 tree_sizes: vec![10_000, 100_000],
                 shapes: vec![Shape::Wide, Shape::Deep],
                 tree_samples: None,
-                empty_samples: 51,
+                empty_samples: 101,
                 leases: vec![1000, 10_000],
                 cycles: 100_000,
-                latency_samples: 500,
+                latency_samples: 1000,
                 orphans: 10_000,
-                ready_samples: 5,
-                today_ops: 3000,
-                install_ops: 300,
+                ready_samples: 10,
+                today_ops: 6000,
+                install_ops: 600,
             }
         };
         Sizes {

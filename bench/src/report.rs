@@ -109,6 +109,9 @@ pub struct Row {
     /// otherwise).
     pub vs_floor: Option<f64>,
     pub vs_floor_stat: Option<Stat>,
+    /// measured median / floor median and measured p99 / floor p99.
+    pub vs_floor_median: Option<f64>,
+    pub vs_floor_p99: Option<f64>,
     pub target: Option<Target>,
     /// measured / allowed: at most 1.0 meets the target.
     pub vs_target: Option<f64>,
@@ -128,6 +131,8 @@ impl Row {
             floor: None,
             vs_floor: None,
             vs_floor_stat: None,
+            vs_floor_median: None,
+            vs_floor_p99: None,
             target: None,
             vs_target: None,
             pass: None,
@@ -178,6 +183,12 @@ impl Row {
     fn finish(&mut self) {
         let stat = self.target.as_ref().map_or(Stat::Median, |t| t.stat);
         if let Some(f) = &self.floor {
+            let ratio = |s: Stat| {
+                let b = f.stats.get(s);
+                (b > 0.0).then(|| self.stats.get(s) / b)
+            };
+            self.vs_floor_median = ratio(Stat::Median);
+            self.vs_floor_p99 = ratio(Stat::P99);
             let base = f.stats.get(stat);
             if base > 0.0 {
                 self.vs_floor = Some(self.stats.get(stat) / base);
@@ -227,6 +238,7 @@ pub fn fmt_num(v: f64) -> String {
 pub struct Report {
     rows: Vec<Row>,
     json_file: Option<PathBuf>,
+    started: std::time::Instant,
 }
 
 const RULE: &str = "--------------------------------------------------------------------------------------------------------------------------------------------------";
@@ -236,6 +248,7 @@ impl Report {
         Report {
             rows: Vec::new(),
             json_file,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -303,7 +316,10 @@ impl Report {
 
     /// Prints a section heading in the table.
     pub fn section(&self, title: &str) {
-        println!("== {title}");
+        println!(
+            "== {title}  [t={:.1}s]",
+            self.started.elapsed().as_secs_f64()
+        );
         let _ = std::io::stdout().flush();
     }
 

@@ -51,7 +51,7 @@ impl Shape {
 pub struct TreeCfg {
     pub sizes: Vec<usize>,
     pub shapes: Vec<Shape>,
-    /// Samples per sized tree (None: 9 up to 10 000 entries, else 5).
+    /// Samples per sized tree (None: 15 up to 10 000 entries, else 9).
     pub samples: Option<usize>,
     pub empty_samples: usize,
     pub release: bool,
@@ -129,7 +129,7 @@ pub fn run(report: &mut Report, daemon: &Daemon, cfg: &TreeCfg) -> Result<()> {
         let samples = if shape == Shape::Empty {
             cfg.empty_samples
         } else {
-            cfg.samples.unwrap_or(if size <= 10_000 { 9 } else { 5 })
+            cfg.samples.unwrap_or(if size <= 10_000 { 15 } else { 9 })
         }
         .max(1);
         let (mut rel, mut reap, mut rm, mut build_ms) = (vec![], vec![], vec![], vec![]);
