@@ -30,6 +30,11 @@ pub struct DaemonOpts {
     pub log_level: String,
     /// Contents of its config file.
     pub config: String,
+    /// Run under a `NOTIFY_SOCKET` the harness binds (as under systemd
+    /// `Type=notify`: readiness by `READY=1`, and with the default
+    /// `fd_store = true` every lease's connection goes to the fd store).
+    /// Otherwise run as by hand: ready when its socket accepts.
+    pub notify: bool,
 }
 
 /// Limits high enough for 10 000 leases, one connection each (SPEC §8).
@@ -79,7 +84,8 @@ impl Daemon {
         Ok((d, ready))
     }
 
-    /// Execs the daemon and waits for `READY=1`; returns the time it took.
+    /// Execs the daemon and waits until it is ready (`READY=1`, or its
+    /// socket accepting); returns the time it took.
     pub fn spawn(&mut self) -> Result<Duration> {
         if self.child.is_some() {
             bail!("daemon already running");
@@ -88,8 +94,13 @@ impl Daemon {
         std::fs::write(&config, &self.opts.config).context("writing config")?;
         let notify_path = self.dir.join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path).context("binding NOTIFY_SOCKET")?;
-        notify.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let notify = if self.opts.notify {
+            let n = UnixDatagram::bind(&notify_path).context("binding NOTIFY_SOCKET")?;
+            n.set_read_timeout(Some(Duration::from_millis(20)))?;
+            Some(n)
+        } else {
+            None
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -106,7 +117,7 @@ impl Daemon {
             .arg(&config)
             .arg("--log-level")
             .arg(&self.opts.log_level)
-            .env("NOTIFY_SOCKET", &notify_path)
+            .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
@@ -117,6 +128,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if notify.is_some() {
+            cmd.env("NOTIFY_SOCKET", &notify_path);
+        }
         let started = Instant::now();
         let child = cmd
             .spawn()
@@ -126,19 +140,27 @@ impl Daemon {
         let deadline = started + Duration::from_secs(120);
         let mut buf = [0u8; 4096];
         let ready = loop {
-            match notify.recv(&mut buf) {
-                Ok(n) => {
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    if text.lines().any(|l| l == "READY=1") {
+            match &notify {
+                Some(notify) => match notify.recv(&mut buf) {
+                    Ok(n) => {
+                        let text = String::from_utf8_lossy(&buf[..n]);
+                        if text.lines().any(|l| l == "READY=1") {
+                            break started.elapsed();
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(e).context("reading NOTIFY_SOCKET"),
+                },
+                None => {
+                    if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                         break started.elapsed();
                     }
+                    std::thread::sleep(Duration::from_micros(200));
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e).context("reading NOTIFY_SOCKET"),
             }
             if let Some(status) = self
                 .child
@@ -157,8 +179,12 @@ impl Daemon {
                 bail!("builddird not ready after 120 s:\n{}", self.log_tail());
             }
         };
-        // Keep reading the notify socket (STATUS= updates) so the daemon's
-        // blocking sd_notify sends never find a full queue.
+        // Keep reading the notify socket (STATUS= updates, fd-store
+        // messages, whose fds the kernel closes) so the daemon's blocking
+        // sd_notify sends never find a full queue.
+        let Some(notify) = notify else {
+            return Ok(ready);
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {

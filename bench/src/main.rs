@@ -123,9 +123,10 @@ struct Args {
     /// builddird --log-level (it logs every allocation and release at info).
     #[arg(long, default_value = "info", value_name = "FILTER")]
     daemon_log_level: String,
-    /// Skip the extra c=1 daemon that logs at warn.
+    /// [1] Skip the c=1 variants: a daemon logging at warn, and one run
+    /// under a NOTIFY_SOCKET (so its default fd store is active).
     #[arg(long)]
-    no_log_compare: bool,
+    no_variants: bool,
     /// Also write all figures as one JSON document here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -378,6 +379,7 @@ fn run(args: Args) -> Result<usize> {
         backing: format!("{:?}", args.backing).to_lowercase(),
         log_level: args.daemon_log_level.clone(),
         config: BENCH_CONFIG.to_owned(),
+        notify: false,
     };
     let mut meta = host_meta(&args, &sizes, &bin);
     meta["fd_limit"] = json!(fd_limit);
@@ -398,15 +400,25 @@ fn run(args: Args) -> Result<usize> {
     if want(Part::Alloc) || want(Part::Today) || want(Part::Release) || want(Part::Reap) {
         let (mut main_daemon, _) = Daemon::start(&opts, scratch.sub("main")?)?;
         if want(Part::Alloc) {
-            let quiet = if args.no_log_compare {
-                None
-            } else {
-                let q = DaemonOpts {
+            let mut variants: Vec<(String, Daemon)> = Vec::new();
+            if !args.no_variants {
+                let quiet = DaemonOpts {
                     log_level: "warn".into(),
                     ..opts.clone()
                 };
-                Some(Daemon::start(&q, scratch.sub("quiet")?)?.0)
-            };
+                variants.push((
+                    "log=warn".into(),
+                    Daemon::start(&quiet, scratch.sub("quiet")?)?.0,
+                ));
+                let managed = DaemonOpts {
+                    notify: true,
+                    ..opts.clone()
+                };
+                variants.push((
+                    "fd store".into(),
+                    Daemon::start(&managed, scratch.sub("notify")?)?.0,
+                ));
+            }
             let cfg = alloc::AllocCfg {
                 concurrency: sizes.concurrency.clone(),
                 ops: sizes.alloc_ops,
@@ -417,12 +429,15 @@ fn run(args: Args) -> Result<usize> {
                 &mut report,
                 &exe,
                 &main_daemon,
-                quiet.as_ref(),
+                &variants
+                    .iter()
+                    .map(|(l, d)| (l.as_str(), d))
+                    .collect::<Vec<_>>(),
                 &cfg,
                 scratch.dir.join("floor.sock"),
             )?;
-            if let Some(mut q) = quiet {
-                q.stop()?;
+            for (_, mut d) in variants {
+                d.stop()?;
             }
         }
         if want(Part::Today) {
@@ -442,7 +457,7 @@ fn run(args: Args) -> Result<usize> {
                 release: want(Part::Release),
                 reap: want(Part::Reap),
             };
-            trees::run(&mut report, &main_daemon, &cfg)?;
+            trees::run(&mut report, &exe, &main_daemon, &cfg)?;
         }
         main_daemon.stop()?;
     }
@@ -460,7 +475,11 @@ fn run(args: Args) -> Result<usize> {
             orphans: sizes.orphans,
             samples: sizes.ready_samples,
         };
-        ready::run(&mut report, &opts, scratch.sub("ready")?, &cfg)?;
+        let managed = DaemonOpts {
+            notify: true,
+            ..opts.clone()
+        };
+        ready::run(&mut report, &managed, scratch.sub("ready")?, &cfg)?;
     }
     let secs = started.elapsed().as_secs_f64();
     meta["seconds"] = json!(secs);

@@ -27,6 +27,7 @@ use serde_json::json;
 
 use crate::alloc::{runtime, us};
 use crate::daemon::{time_command, Daemon, DeleteWatch};
+use crate::floor::Helper;
 use crate::report::{Report, Row, Stat, Stats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -109,7 +110,27 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-pub fn run(report: &mut Report, daemon: &Daemon, cfg: &TreeCfg) -> Result<()> {
+/// An SCM_RIGHTS round trip to the floor helper right after this thread
+/// kept its CPU busy for `busy` while the other CPU idled — the situation of
+/// a release after the client built a tree. On a VM the idle vCPU halts and
+/// waking it costs far more than a back-to-back round trip.
+fn cold_pings(helper: &Helper, samples: usize, busy: Duration) -> Result<Vec<f64>> {
+    let mut conn = helper.connect()?;
+    conn.ping()?;
+    let mut v = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        while t.elapsed() < busy {
+            std::hint::spin_loop();
+        }
+        let t0 = Instant::now();
+        drop(conn.ping()?);
+        v.push(us(t0.elapsed()));
+    }
+    Ok(v)
+}
+
+pub fn run(report: &mut Report, exe: &Path, daemon: &Daemon, cfg: &TreeCfg) -> Result<()> {
     let rt = runtime(1)?;
     let rm_base = daemon.root.join("bench-rm");
     crate::env::mkdir_0755(&rm_base)?;
@@ -203,6 +224,14 @@ pub fn run(report: &mut Report, daemon: &Daemon, cfg: &TreeCfg) -> Result<()> {
     }
     if cfg.release {
         report.section("2. release latency vs tree size (reap deferred)");
+        let floor_base = daemon.root.join("bench-floor");
+        let helper = Helper::start(exe, daemon.dir.join("floor-trees.sock"), &floor_base)?;
+        let cold = cold_pings(&helper, 9, Duration::from_millis(300))?;
+        report.push(
+            Row::new(2, "floor part: SCM_RIGHTS round trip after 0.3 s busy", "us", Stats::of(&cold))
+                .params(json!({"busy_ms": 300}))
+                .note("client CPU busy (as after building a tree), other CPU idle: the idle-vCPU wake-up cost every release after a build pays"),
+        );
         for r in releases {
             report.push(r);
         }
