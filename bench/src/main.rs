@@ -456,6 +456,8 @@ fn run(args: Args) -> Result<usize> {
                 empty_samples: sizes.empty_samples,
                 release: want(Part::Release),
                 reap: want(Part::Reap),
+                cold_samples: if args.smoke { 2 } else { 9 },
+                cold_busy: std::time::Duration::from_millis(if args.smoke { 50 } else { 300 }),
             };
             trees::run(&mut report, &exe, &main_daemon, &cfg)?;
         }

@@ -57,6 +57,9 @@ pub struct TreeCfg {
     pub empty_samples: usize,
     pub release: bool,
     pub reap: bool,
+    /// Cold SCM_RIGHTS round trips (after `cold_busy` of CPU work).
+    pub cold_samples: usize,
+    pub cold_busy: Duration,
 }
 
 const DIR_OPEN: OFlags = OFlags::RDONLY
@@ -226,10 +229,11 @@ pub fn run(report: &mut Report, exe: &Path, daemon: &Daemon, cfg: &TreeCfg) -> R
         report.section("2. release latency vs tree size (reap deferred)");
         let floor_base = daemon.root.join("bench-floor");
         let helper = Helper::start(exe, daemon.dir.join("floor-trees.sock"), &floor_base)?;
-        let cold = cold_pings(&helper, 9, Duration::from_millis(300))?;
+        let cold = cold_pings(&helper, cfg.cold_samples.max(1), cfg.cold_busy)?;
+        let busy_ms = cfg.cold_busy.as_millis();
         report.push(
-            Row::new(2, "floor part: SCM_RIGHTS round trip after 0.3 s busy", "us", Stats::of(&cold))
-                .params(json!({"busy_ms": 300}))
+            Row::new(2, format!("floor part: SCM_RIGHTS round trip after {busy_ms} ms busy"), "us", Stats::of(&cold))
+                .params(json!({"busy_ms": busy_ms}))
                 .note("client CPU busy (as after building a tree), other CPU idle: the idle-vCPU wake-up cost every release after a build pays"),
         );
         for r in releases {
