@@ -202,7 +202,12 @@ fn reaper_vs_absolute_dotdot_and_proc_symlinks() {
         return;
     }
     let (d, _) = tree_attack("links", "symlinks", 0, 0.0, "bind");
-    assert!(d.log_text().contains("reaped"), "{}", d.log_text());
+    // The log line follows the deletion: wait for it.
+    assert!(
+        eventually(Duration::from_secs(5), || d.log_text().contains("reaped")),
+        "{}",
+        d.log_text()
+    );
 }
 
 #[test]
@@ -238,7 +243,9 @@ fn reaper_vs_a_tree_100000_levels_deep_with_255_byte_names() {
     }
     let (d, _) = tree_attack("deep", "deep", 100_000, 0.0, "tmpfs");
     assert!(
-        d.log_text().contains("removed=100004"),
+        eventually(Duration::from_secs(5), || d
+            .log_text()
+            .contains("removed=100004")),
         "{}",
         d.log_text()
             .lines()
@@ -299,7 +306,9 @@ fn reaper_vs_one_directory_with_a_million_entries_while_others_allocate() {
     canary.assert_intact("wide");
     assert_eventually_clean(&mut d, "wide");
     assert!(
-        d.log_text().contains("removed=1000005"),
+        eventually(Duration::from_secs(5), || d
+            .log_text()
+            .contains("removed=1000005")),
         "{}",
         d.log_text()
             .lines()

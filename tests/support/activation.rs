@@ -2,7 +2,7 @@
 //! `LISTEN_FDS=1`, `LISTEN_PID` names the daemon, and `NOTIFY_SOCKET` points
 //! at a datagram socket owned by the test.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -44,31 +44,94 @@ impl NotifySocket {
     }
 }
 
+impl NotifySocket {
+    /// Receives datagrams for `window`, keeping the fds that `FDSTORE=1`
+    /// messages carry, by `FDNAME`, and applying `FDSTOREREMOVE=1` — what
+    /// systemd's fd store does. Returns every message seen.
+    pub fn collect_store(
+        &self,
+        store: &mut Vec<(String, OwnedFd)>,
+        window: Duration,
+    ) -> Vec<String> {
+        use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        let deadline = Instant::now() + window;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 4096];
+            let mut space =
+                [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let Ok(msg) = recvmsg(&self.sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+            else {
+                continue;
+            };
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            for c in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(r) = c {
+                    fds.extend(r);
+                }
+            }
+            let text = String::from_utf8_lossy(&buf[..msg.bytes]).into_owned();
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .unwrap_or("stored")
+                .to_owned();
+            if text.lines().any(|l| l == "FDSTORE=1") {
+                store.extend(fds.into_iter().map(|fd| (name.clone(), fd)));
+            } else if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+                store.retain(|(n, _)| *n != name);
+            }
+            seen.push(text);
+        }
+        seen
+    }
+}
+
 /// Makes `cmd` start with `listener` as fd 3 and `LISTEN_FDS=1`, and with
 /// `LISTEN_PID` set to its own pid (via `sh -c 'LISTEN_PID=$$ exec …'`:
 /// exec keeps the pid).
 pub fn activated(program: &Path, args: &[std::ffi::OsString], listener: &UnixListener) -> Command {
-    let fd = listener.as_raw_fd();
+    activated_with(
+        program,
+        args,
+        &[(listener.as_raw_fd(), "builddird.socket".into())],
+    )
+}
+
+/// Like [`activated`] with several named fds (3, 4, …), as systemd passes
+/// a socket plus its file descriptor store.
+pub fn activated_with(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    fds: &[(RawFd, String)],
+) -> Command {
+    let raw: Vec<RawFd> = fds.iter().map(|(fd, _)| *fd).collect();
+    let names: Vec<&str> = fds.iter().map(|(_, n)| n.as_str()).collect();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg("LISTEN_PID=$$ exec \"$@\"")
         .arg("sh")
         .arg(program)
         .args(args)
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "builddird.socket");
-    // SAFETY: between fork and exec only async-signal-safe calls are made:
-    // dup2 (and fcntl inside it) on descriptors this process owns. `fd`
-    // stays open in the parent for the child's whole setup.
+        .env("LISTEN_FDS", raw.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"));
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (dup, dup2, fcntl) on descriptors this process owns; the fds stay
+    // open in the parent for the child's whole setup. Sources are first
+    // moved above the target range so that no dup2 overwrites a source
+    // that is still to be placed.
     unsafe {
         cmd.pre_exec(move || {
-            if fd == 3 {
-                // Already in place: only clear close-on-exec.
-                if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
+            let high: Vec<RawFd> = raw
+                .iter()
+                .map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100))
+                .collect();
+            for (i, &fd) in high.iter().enumerate() {
+                if fd == -1 || libc::dup2(fd, 3 + i as RawFd) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, 3) == -1 {
-                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -79,5 +142,8 @@ pub fn activated(program: &Path, args: &[std::ffi::OsString], listener: &UnixLis
 /// A listening socket at `path` (what systemd's `.socket` unit would make).
 pub fn listen(path: &Path) -> UnixListener {
     let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).expect("bind listening socket")
+    let listener = UnixListener::bind(path).expect("bind listening socket");
+    // As SocketMode=0666 would: the tests connect as other uids too.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    listener
 }

@@ -109,6 +109,8 @@ pub struct DaemonOpts {
     pub backing: &'static str,
     pub extra_args: Vec<String>,
     pub config: Option<String>,
+    /// Extra environment (e.g. `BUILDDIR_FAILPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for DaemonOpts {
@@ -117,6 +119,7 @@ impl Default for DaemonOpts {
             backing: "bind",
             extra_args: Vec::new(),
             config: None,
+            env: Vec::new(),
         }
     }
 }
@@ -170,7 +173,8 @@ impl Daemon {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
-            .env_remove("JOURNAL_STREAM");
+            .env_remove("JOURNAL_STREAM")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if let Some(text) = &self.opts.config {
             let path = self.scratch.dir.join("config.toml");
             std::fs::write(&path, text).unwrap();
@@ -181,6 +185,28 @@ impl Daemon {
             std::fs::write(self.scratch.dir.join("no-config.toml"), "").unwrap();
         }
         cmd
+    }
+
+    /// Replaces the environment used by the next [`Daemon::spawn`].
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.opts.env = env;
+    }
+
+    /// Waits for the process to exit by itself (a failpoint); returns
+    /// whether it did within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Replaces the configuration used by the next [`Daemon::spawn`].
@@ -205,8 +231,16 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
+            // Serving means a handshake succeeds (the socket listens before
+            // the mount is ready; connecting alone proves nothing).
+            if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                if matches!(
+                    wire::hello(&mut s),
+                    builddir_proto::HelloReply::Welcome { .. }
+                ) {
+                    return;
+                }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("builddird exited early ({status}):\n{}", self.log_text());

@@ -140,10 +140,13 @@ async fn keep_alive(mut client: Client, id: String, secret: String, mut ends: mp
                 let Some(End { keep, reply }) = end else { return };
                 let mut result = client.release(&id, keep).await;
                 if matches!(&result, Err(Error::Proto(e)) if e.is_disconnect()) {
-                    if let Some(c) = reclaim(client.socket(), &id, &secret).await {
-                        client = c;
-                        result = client.release(&id, keep).await;
-                    }
+                    // The daemon went away mid-request: either it never
+                    // acted (reclaim, then ask again) or it did (the lease
+                    // is gone from the live set: find out where it went).
+                    result = match reclaim(client.socket(), &id, &secret).await {
+                        Some(mut c) => c.release(&id, keep).await,
+                        None => settled(client.socket(), &id, keep).await,
+                    };
                 }
                 let _ = reply.send(result);
                 return;
@@ -153,6 +156,29 @@ async fn keep_alive(mut client: Client, id: String, secret: String, mut ends: mp
                 None => return,
             },
         }
+    }
+}
+
+/// After a restart interrupted our release: the lease is no longer live,
+/// so the old daemon acted on it. Kept → its path; released → done.
+async fn settled(socket: &Path, id: &str, keep: bool) -> Result<Released, Error> {
+    let lost = || Error::LeaseLost(id.to_owned());
+    let mut client = Client::connect(socket).await.map_err(|_| lost())?;
+    let rows = client.list(false, false).await.map_err(|_| lost())?;
+    match rows.into_iter().find(|r| r.id == id) {
+        Some(r) if keep && r.state == builddir_proto::LeaseState::Kept => Ok(Released {
+            id: id.to_owned(),
+            kept_path: Some(r.path),
+        }),
+        Some(r) if !keep && r.state != builddir_proto::LeaseState::Kept => Ok(Released {
+            id: id.to_owned(),
+            kept_path: None,
+        }),
+        None if !keep => Ok(Released {
+            id: id.to_owned(),
+            kept_path: None,
+        }),
+        _ => Err(lost()),
     }
 }
 

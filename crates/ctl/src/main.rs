@@ -34,6 +34,18 @@ enum Command {
         /// Also compute each tree's size.
         #[arg(long)]
         size: bool,
+        /// Read the on-disk registry instead of asking the daemon (works
+        /// while it is down; needs root).
+        #[arg(long)]
+        offline: bool,
+        /// The daemon's configuration file (for --offline: where root is).
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/etc/builddird/config.toml",
+            requires = "offline"
+        )]
+        config: PathBuf,
     },
     /// Show the daemon's status.
     Status,
@@ -98,7 +110,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::List { all, size } => cmd::list(&socket, cli.json, all, size).await,
+            Command::List {
+                offline: true,
+                config,
+                ..
+            } => cmd::list_offline(cli.json, &config),
+            Command::List { all, size, .. } => cmd::list(&socket, cli.json, all, size).await,
             Command::Status => cmd::status(&socket, cli.json).await,
             Command::Release { id, keep } => cmd::release(&socket, cli.json, &id, keep).await,
             Command::Remove { id } => cmd::remove(&socket, cli.json, &id).await,

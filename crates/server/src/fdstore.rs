@@ -49,7 +49,14 @@ pub fn forget(config: &Config, id: LeaseId) {
         return;
     }
     let name = name_of(id);
-    if let Err(e) = sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(&name)]) {
-        tracing::warn!(name, error = %e, "cannot remove fd from systemd's store");
+    let send = move || {
+        if let Err(e) = sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(&name)])
+        {
+            tracing::warn!(name, error = %e, "cannot remove fd from systemd's store");
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(send)),
+        Err(_) => send(),
     }
 }

@@ -171,5 +171,6 @@ pub fn hand_over_kept(
     )?;
     fchown(&outer, Some(Uid::ROOT), Some(Gid::from_raw(to_gid)))?;
     let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty())?;
+    crate::failpoint::hit("keep:before-hand-over");
     Ok(hand_over(build, owner, to_uid, to_gid))
 }

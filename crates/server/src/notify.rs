@@ -55,7 +55,14 @@ pub fn spawn_heartbeat(daemon: Arc<Daemon>) {
                 states.push(NotifyState::Status(&status));
             }
             if !states.is_empty() {
-                send(&states);
+                // Blocking datagram send: off the async workers.
+                let owned: Vec<String> = states.iter().map(|s| s.to_string()).collect();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let custom: Vec<NotifyState<'_>> =
+                        owned.iter().map(|s| NotifyState::Custom(s)).collect();
+                    send(&custom);
+                })
+                .await;
             }
             last = status;
         }

@@ -88,6 +88,40 @@ pub fn read(outer: BorrowedFd<'_>) -> Option<LeaseMeta> {
     serde_json::from_slice(&buf[..len]).ok()
 }
 
+/// Every recorded lease under `root`, by where its directory is, without a
+/// daemon (for `builddir-ctl list --offline`). Secrets are blanked.
+pub fn scan(
+    root: &std::path::Path,
+) -> std::io::Result<Vec<(builddir_proto::LeaseState, LeaseMeta)>> {
+    use builddir_proto::LeaseState;
+    use std::os::fd::AsFd;
+    let open = |p: &std::path::Path| rustix::fs::open(p, crate::layout::DIR_OPEN, Mode::empty());
+    let mut out = Vec::new();
+    for (area, state) in [
+        (crate::layout::LEASES, LeaseState::Live),
+        (crate::layout::KEPT, LeaseState::Kept),
+        (crate::layout::TRASH, LeaseState::Reaping),
+    ] {
+        let dir = open(&root.join(area))?;
+        let mut entries = rustix::fs::Dir::read_from(&dir)?;
+        while let Some(Ok(entry)) = entries.read() {
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let Ok(outer) = openat(dir.as_fd(), name, crate::layout::DIR_OPEN, Mode::empty())
+            else {
+                continue;
+            };
+            if let Some(mut meta) = read(outer.as_fd()) {
+                meta.secret.clear();
+                out.push((state, meta));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A fresh reclaim secret: 128 random bits in hex.
 pub fn new_secret() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];

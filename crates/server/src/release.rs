@@ -43,6 +43,7 @@ pub fn move_to_trash(
     let outer = openat(from, name, DIR_OPEN, Mode::empty()).map_err(step("open outer"))?;
     fchmod(&outer, Mode::empty()).map_err(step("fchmod 0000"))?;
     drop(outer);
+    crate::failpoint::hit("release:after-chmod");
     let base = name.to_string_lossy().into_owned();
     // A name can already be in trash only after a crash mid-reap of a tree
     // with the same name (`.new-*` leftovers); never replace it.
@@ -59,7 +60,10 @@ pub fn move_to_trash(
             target.as_str(),
             RenameFlags::NOREPLACE,
         ) {
-            Ok(()) => return Ok(target),
+            Ok(()) => {
+                crate::failpoint::hit("release:after-rename");
+                return Ok(target);
+            }
             Err(Errno::EXIST) => continue,
             Err(e) => return Err(step("renameat2 into trash")(e)),
         }

@@ -338,6 +338,9 @@ impl Walk<'_> {
             match unlinkat(dirfd, name, AtFlags::empty()) {
                 Ok(()) => {
                     self.report.removed += 1;
+                    if self.report.removed == 8 {
+                        crate::failpoint::hit("reap:mid-walk");
+                    }
                     return Step::Removed;
                 }
                 Err(Errno::NOENT) => return Step::Removed,

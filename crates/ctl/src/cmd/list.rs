@@ -2,8 +2,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
 use anyhow::Result;
-use builddir_client::{Client, LeaseEntry};
+use builddir_client::{Client, LeaseEntry, LeaseState};
 use serde::Serialize;
 
 use crate::output;
@@ -31,6 +32,51 @@ pub struct LeaseJson<'a> {
 pub async fn list(socket: &Path, json: bool, all: bool, size: bool) -> Result<ExitCode> {
     let mut client = Client::connect(socket).await?;
     let rows = client.list(all, size).await?;
+    show(rows, json, size)
+}
+
+/// `list --offline`: the registry on disk, while the daemon is down.
+pub fn list_offline(json: bool, config_path: &Path) -> Result<ExitCode> {
+    let config = builddir_server::config::Config::load(config_path, false)?;
+    let root = &config.root;
+    let found = builddir_server::registry::scan(root).with_context(|| {
+        format!(
+            "cannot read the registry under {} (needs root)",
+            root.display()
+        )
+    })?;
+    let rows = found
+        .into_iter()
+        .map(|(state, m)| {
+            let path = match state {
+                LeaseState::Live => root.join("b").join(&m.id).join("build"),
+                LeaseState::Kept => root.join("kept").join(&m.id).join("build"),
+                _ => root.join("trash").join(&m.id),
+            };
+            LeaseEntry {
+                id: m.id,
+                name: m.name,
+                state,
+                owner_uid: m.owner_uid,
+                owner_gid: m.owner_gid,
+                peer_uid: m.peer_uid,
+                peer_pid: m.peer_pid,
+                peer_command: m.peer_command,
+                created_unix: m.created_unix,
+                path: path.display().to_string(),
+                size_bytes: None,
+            }
+        })
+        .collect();
+    show(rows, json, false)
+}
+
+fn show(mut rows: Vec<LeaseEntry>, json: bool, size: bool) -> Result<ExitCode> {
+    rows.sort_by(|a, b| {
+        a.created_unix
+            .cmp(&b.created_unix)
+            .then_with(|| a.id.cmp(&b.id))
+    });
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -6,7 +6,7 @@ mod run;
 mod status;
 
 pub use check::check;
-pub use list::list;
+pub use list::{list, list_offline};
 pub use run::run;
 pub use status::status;
 
