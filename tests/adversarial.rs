@@ -216,15 +216,7 @@ fn reaper_vs_hard_links_to_a_root_owned_file() {
         return;
     }
     // Allow unprivileged hard links to files one does not own, for this test.
-    let old = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").unwrap();
-    std::fs::write("/proc/sys/fs/protected_hardlinks", "0").unwrap();
-    struct Restore(String);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::fs::write("/proc/sys/fs/protected_hardlinks", self.0.trim());
-        }
-    }
-    let _restore = Restore(old);
+    let _unprotected = builddir_tests::allow_unprotected_hardlinks();
     tree_attack("hard", "hardlinks", 0, 0.0, "bind");
 }
 

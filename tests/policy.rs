@@ -222,15 +222,7 @@ fn keep_failed_hands_the_tree_over_without_touching_root_files_or_setid_bits() {
     let secret = d.root.join("root-secret");
     std::fs::write(&secret, "root only").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let old = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").unwrap();
-    std::fs::write("/proc/sys/fs/protected_hardlinks", "0").unwrap();
-    struct Restore(String);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::fs::write("/proc/sys/fs/protected_hardlinks", self.0.trim());
-        }
-    }
-    let _restore = Restore(old);
+    let _unprotected = builddir_tests::allow_unprotected_hardlinks();
 
     // The orchestrator (USER_A) leases a dir for build user 61105.
     let lease = builddir_client::blocking::Client::connect(&d.socket)

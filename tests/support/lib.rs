@@ -442,3 +442,23 @@ pub fn unmount_below_exists(dir: &Path) -> bool {
         .filter_map(|l| l.split(' ').nth(4))
         .any(|p| p == prefix || p.starts_with(&format!("{prefix}/")))
 }
+
+/// Sets `fs.protected_hardlinks=0` (users may hard-link files they do not
+/// own, as on hosts that relax it) until dropped, then restores it.
+pub fn allow_unprotected_hardlinks() -> UnprotectedHardlinks {
+    let old = std::fs::read_to_string(PROTECTED_HARDLINKS).expect("read protected_hardlinks");
+    std::fs::write(PROTECTED_HARDLINKS, "0").expect("write protected_hardlinks");
+    UnprotectedHardlinks(old)
+}
+
+const PROTECTED_HARDLINKS: &str = "/proc/sys/fs/protected_hardlinks";
+
+/// Restores `fs.protected_hardlinks` on drop.
+#[derive(Debug)]
+pub struct UnprotectedHardlinks(String);
+
+impl Drop for UnprotectedHardlinks {
+    fn drop(&mut self) {
+        let _ = std::fs::write(PROTECTED_HARDLINKS, self.0.trim());
+    }
+}

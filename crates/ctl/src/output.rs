@@ -50,21 +50,7 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The error and its causes on one line, each cause once: errors that
-/// already print their cause (`context: cause`) are not repeated.
-pub fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
-}
+pub use builddir_server::logging::one_line;
 
 /// `3s`, `5m`, `2h`, `4d`: the largest whole unit.
 pub fn age(secs: u64) -> String {
@@ -130,15 +116,6 @@ mod tests {
         assert_eq!(bytes(512), "512B");
         assert_eq!(bytes(1536), "1.5K");
         assert_eq!(bytes(20 * 1024 * 1024), "20M");
-    }
-
-    #[test]
-    fn causes_are_not_repeated() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        let e = anyhow::Error::new(io)
-            .context("recvmsg: reset")
-            .context("releasing the lease");
-        assert_eq!(one_line(&e), "releasing the lease: recvmsg: reset");
     }
 
     #[test]

@@ -34,3 +34,31 @@ pub fn init(level: &str) -> bool {
         .init();
     false
 }
+
+/// An error and its causes on one line, each cause once: errors that
+/// already print their cause (`context: cause`) are not repeated.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let e = anyhow::Error::new(io)
+            .context("recvmsg: reset")
+            .context("releasing the lease");
+        assert_eq!(super::one_line(&e), "releasing the lease: recvmsg: reset");
+    }
+}

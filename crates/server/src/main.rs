@@ -47,17 +47,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the cause chain joined, each cause once.
-            let mut line = String::new();
-            for cause in e.chain() {
-                let text = cause.to_string();
-                if !line.contains(&text) {
-                    if !line.is_empty() {
-                        line.push_str(": ");
-                    }
-                    line.push_str(&text);
-                }
-            }
+            let line = logging::one_line(&e);
             if journald {
                 tracing::error!("{line}");
             } else {
