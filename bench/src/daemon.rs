@@ -33,7 +33,7 @@ pub struct DaemonOpts {
     /// Run under a `NOTIFY_SOCKET` the harness binds (as under systemd
     /// `Type=notify`: readiness by `READY=1`, and with the default
     /// `fd_store = true` every lease's connection goes to the fd store).
-    /// Otherwise run as by hand: ready when its socket accepts.
+    /// Otherwise run as by hand: ready when it answers a handshake.
     pub notify: bool,
 }
 
@@ -156,10 +156,15 @@ impl Daemon {
                     Err(e) => return Err(e).context("reading NOTIFY_SOCKET"),
                 },
                 None => {
-                    if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                    // A completed handshake, not just a connect: the socket is
+                    // bound (and accepts into its backlog) before the mount is
+                    // made; only the serving loop answers a hello.
+                    if self.socket.exists()
+                        && builddir_client::blocking::Client::connect(&self.socket).is_ok()
+                    {
                         break started.elapsed();
                     }
-                    std::thread::sleep(Duration::from_micros(200));
+                    std::thread::sleep(Duration::from_micros(500));
                 }
             }
             if let Some(status) = self
