@@ -43,7 +43,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not built; run the tests with `cargo test --workspace`",
+        "{} not built; run `cargo build --workspace --bins` before `cargo test --workspace`",
         path.display()
     );
     path

@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use builddir_proto::{
     Connection, FdPolicy, Hello, HelloReply, LeaseEntry, Owner, Released, Request, Response,
-    StatusReport, DEFAULT_SOCKET, SOCKET_ENV,
+    SizeLimit, StatusReport, DEFAULT_SOCKET, SOCKET_ENV,
 };
 use tokio::net::UnixStream;
 
@@ -124,12 +124,20 @@ impl Client {
     /// Allocates a build directory owned by the caller. `name` is shown in
     /// listings only. The lease takes over this connection.
     pub async fn allocate(self, name: &str) -> Result<Lease, Error> {
-        Lease::allocate(self, name, None).await
+        Lease::allocate(self, name, None, None).await
     }
 
     /// Allocates a build directory owned by `owner` (needs an owner grant).
     pub async fn allocate_for(self, name: &str, owner: Owner) -> Result<Lease, Error> {
-        Lease::allocate(self, name, Some(owner)).await
+        Lease::allocate(self, name, Some(owner), None).await
+    }
+
+    /// Allocates a build directory with its own size limit: a build that
+    /// writes past it gets `ENOSPC` inside its tree, nothing else is
+    /// affected. Needs `lease_backend = "tmpfs"`; a limit above the
+    /// daemon's cap is `quota-exceeded`.
+    pub async fn allocate_limited(self, name: &str, limit: SizeLimit) -> Result<Lease, Error> {
+        Lease::allocate(self, name, None, Some(limit)).await
     }
 
     /// Releases lease `id` (yours, or anyone's for operators). With `keep`,

@@ -2,7 +2,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use builddir_proto::{ErrorKind, Owner, Released, Request, Response};
+use builddir_proto::{ErrorKind, Owner, Released, Request, Response, SizeLimit};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Client, Error};
@@ -48,10 +48,12 @@ impl Lease {
         mut client: Client,
         name: &str,
         owner: Option<Owner>,
+        limit: Option<SizeLimit>,
     ) -> Result<Lease, Error> {
         let request = Request::Allocate {
             name: name.to_owned(),
             owner,
+            limit,
         };
         let Response::Allocated(a) = client.call(&request).await? else {
             client.discard_fds();

@@ -26,7 +26,9 @@ mod client;
 mod error;
 mod lease;
 
-pub use builddir_proto::{ErrorKind, ErrorReply, LeaseEntry, LeaseState, Owner, StatusReport};
+pub use builddir_proto::{
+    ErrorKind, ErrorReply, LeaseEntry, LeaseState, Owner, SizeLimit, StatusReport,
+};
 pub use client::{default_socket, Client};
 pub use error::Error;
 pub use lease::Lease;

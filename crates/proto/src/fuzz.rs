@@ -17,6 +17,7 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::option::of((any::<u32>(), any::<u32>()))
         )
             .prop_map(|(name, o)| Request::Allocate {
+                limit: None,
                 name,
                 owner: o.map(|(uid, gid)| Owner { uid, gid })
             }),

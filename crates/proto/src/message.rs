@@ -53,13 +53,26 @@ pub struct Owner {
     pub gid: u32,
 }
 
+/// Per-build limits asked for at allocation. 0 means "the default".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeLimit {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
 /// A request, after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Create a build directory. `name` is metadata for listings only (a
     /// derivation name, a job id); it never becomes part of a path.
     /// `owner: None` means the peer itself (`SO_PEERCRED`).
-    Allocate { name: String, owner: Option<Owner> },
+    Allocate {
+        name: String,
+        owner: Option<Owner>,
+        /// A size limit for the build (needs `lease_backend = "tmpfs"`);
+        /// `None`: the configured default.
+        limit: Option<SizeLimit>,
+    },
     /// End a lease held by this connection. With `keep`, the tree is moved
     /// to the kept area instead of being deleted.
     Release { id: String, keep: bool },
@@ -176,6 +189,8 @@ pub struct LeaseEntry {
     pub path: String,
     /// Bytes in the tree, when asked for with `size`.
     pub size_bytes: Option<u64>,
+    /// The build's size limit (tmpfs leases), if any.
+    pub limit_bytes: Option<u64>,
 }
 
 /// The daemon's state, for `builddir-ctl status`.

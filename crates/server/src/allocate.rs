@@ -21,6 +21,12 @@ use crate::failpoint;
 use crate::layout::{id_name, Layout, BUILD, DIR_OPEN};
 use crate::lease_id::LeaseId;
 use crate::registry::{self, LeaseMeta};
+use builddir_proto::SizeLimit;
+use rustix::mount::{
+    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, unmount, FsMountFlags,
+    FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags,
+};
+use std::os::fd::BorrowedFd;
 
 /// A step of allocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +52,13 @@ pub struct NewLease {
     pub build: OwnedFd,
 }
 
-/// Creates `b/<id>/build` owned by `uid:gid`, recording `meta(id)`.
+/// Creates `b/<id>/build` owned by `uid:gid`, recording `meta(id)`; with
+/// `tmpfs`, `build` is a fresh tmpfs of that size.
 pub fn allocate(
     layout: &Layout,
     uid: u32,
     gid: u32,
+    tmpfs: Option<SizeLimit>,
     meta: impl FnOnce(LeaseId) -> LeaseMeta,
 ) -> Result<NewLease, AllocError> {
     let id = LeaseId::generate().map_err(|e| AllocError {
@@ -69,6 +77,9 @@ pub fn allocate(
         fchown(&outer, Some(Uid::ROOT), Some(Gid::from_raw(gid))).map_err(step("fchown outer"))?;
         fchmod(&outer, Mode::from_raw_mode(0o710)).map_err(step("fchmod outer"))?;
         mkdirat(&outer, BUILD, Mode::empty()).map_err(step("mkdirat build"))?;
+        if let Some(limit) = tmpfs {
+            mount_tmpfs(outer.as_fd(), uid, gid, limit).map_err(step("mount the lease's tmpfs"))?;
+        }
         let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty()).map_err(step("open build"))?;
         // Owner first, then mode: the dir is never 0700 for the wrong owner.
         fchown(&build, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
@@ -96,9 +107,52 @@ pub fn allocate(
     }
 }
 
+/// Mounts a tmpfs of `limit` on `outer/build`, entirely by fd (the new
+/// mount API: `fsopen` → `fsconfig` → `fsmount` → `move_mount`), owned by
+/// `uid:gid`, mode 0700, `nosuid,nodev`, exec.
+fn mount_tmpfs(outer: BorrowedFd<'_>, uid: u32, gid: u32, limit: SizeLimit) -> Result<(), Errno> {
+    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    for (key, value) in [
+        ("source", LEASE_TMPFS_SOURCE.to_owned()),
+        ("size", limit.bytes.to_string()),
+        ("nr_inodes", limit.inodes.to_string()),
+        ("mode", "0700".to_owned()),
+        ("uid", uid.to_string()),
+        ("gid", gid.to_string()),
+    ] {
+        fsconfig_set_string(&fs, key, value.as_str())?;
+    }
+    fsconfig_create(&fs)?;
+    let mnt = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )?;
+    move_mount(
+        &mnt,
+        c"",
+        outer,
+        BUILD,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+}
+
+/// The `source` of every lease tmpfs: how the reaper knows a mount at
+/// `<outer>/build` is one of ours to detach (and not something to report).
+pub const LEASE_TMPFS_SOURCE: &str = "builddird-lease";
+
 /// Best-effort removal of a half-made `.new-<id>` (at most one empty child).
 fn discard_partial(leases: std::os::fd::BorrowedFd<'_>, tmp_name: &str) {
     if let Ok(outer) = openat(leases, tmp_name, DIR_OPEN, Mode::empty()) {
+        // A tmpfs may already sit on `build`: detach it through our fd.
+        let build = format!(
+            "/proc/self/fd/{}/{BUILD}",
+            std::os::fd::AsRawFd::as_raw_fd(&outer)
+        );
+        let _ = unmount(
+            build.as_str(),
+            UnmountFlags::DETACH | UnmountFlags::NOFOLLOW,
+        );
         let _ = unlinkat(&outer, BUILD, AtFlags::REMOVEDIR);
         let _ = unlinkat(&outer, registry::META, AtFlags::empty());
     }

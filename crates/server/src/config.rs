@@ -36,6 +36,27 @@ impl Backing {
     }
 }
 
+/// Where each lease's directory lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseBackend {
+    /// A directory on the root mount; no per-build size limit.
+    Dir,
+    /// Each lease is its own tmpfs (`size=`, `nr_inodes=`): a build that
+    /// fills it gets ENOSPC in its own tree only, and reaping is a detach.
+    /// Lives in memory and swap.
+    Tmpfs,
+}
+
+impl LeaseBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseBackend::Dir => "dir",
+            LeaseBackend::Tmpfs => "tmpfs",
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -89,6 +110,16 @@ pub struct Config {
     /// Keep lease connections in systemd's file descriptor store (when
     /// `NOTIFY_SOCKET` is set), so a restart does not drop them.
     pub fd_store: bool,
+    /// Where leases live: `"dir"` or `"tmpfs"` (per-build size limits).
+    pub lease_backend: LeaseBackend,
+    /// tmpfs leases: size when the client asks for none (bytes).
+    pub lease_size_default: u64,
+    /// tmpfs leases: the largest size a client may ask for (bytes).
+    pub lease_size_max: u64,
+    /// tmpfs leases: inodes when the client asks for none.
+    pub lease_inodes_default: u64,
+    /// tmpfs leases: the most inodes a client may ask for.
+    pub lease_inodes_max: u64,
 }
 
 /// Lets `users`/`groups` ask for directories owned by `uids`:`gids`.
@@ -131,6 +162,11 @@ impl Default for Config {
             socket_group: String::new(),
             reclaim_grace_secs: 60,
             fd_store: true,
+            lease_backend: LeaseBackend::Dir,
+            lease_size_default: 4 << 30,
+            lease_size_max: 64 << 30,
+            lease_inodes_default: 1_000_000,
+            lease_inodes_max: 10_000_000,
         }
     }
 }
@@ -221,6 +257,18 @@ impl Config {
             )));
         }
         self.socket_mode_bits()?;
+        if self.lease_size_default > self.lease_size_max {
+            return Err(ConfigError::Value(format!(
+                "lease_size_default = {} is above lease_size_max = {}",
+                self.lease_size_default, self.lease_size_max
+            )));
+        }
+        if self.lease_inodes_default > self.lease_inodes_max {
+            return Err(ConfigError::Value(format!(
+                "lease_inodes_default = {} is above lease_inodes_max = {}",
+                self.lease_inodes_default, self.lease_inodes_max
+            )));
+        }
         Ok(())
     }
 

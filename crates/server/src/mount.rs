@@ -285,6 +285,16 @@ fn mountinfo_line(mount_id: u64) -> std::io::Result<Option<String>> {
         .map(str::to_owned))
 }
 
+/// Returns true if and only if mount `mount_id` has `source` as its
+/// source (the field after the filesystem type in mountinfo).
+pub fn mount_source_is(mount_id: u64, source: &str) -> bool {
+    matches!(mountinfo_line(mount_id), Ok(Some(line)) if line
+        .split(" - ")
+        .nth(1)
+        .and_then(|tail| tail.split(' ').nth(1))
+        == Some(source))
+}
+
 /// Returns (shared propagation?, filesystem type) of one mountinfo line.
 fn parse_mountinfo(line: &str) -> (bool, String) {
     let mut fields = line.split(' ').skip(6);

@@ -8,6 +8,7 @@
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +32,7 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
         let report = tokio::task::spawn_blocking(move || {
             let name = CString::new(name).expect("trash names come from the daemon");
             let free_before = free_bytes(&d);
+            detach_lease_tmpfs(&d, &name);
             let report = remove_tree(d.layout.trash.as_fd(), &name, Limits::default());
             let freed = free_bytes(&d).saturating_sub(free_before);
             d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
@@ -105,4 +107,49 @@ fn finish(
 /// time), at the cost of two `statvfs` calls instead of one `statx` per file.
 fn free_bytes(daemon: &Daemon) -> u64 {
     rustix::fs::fstatvfs(&daemon.layout.root.fd).map_or(0, |v| v.f_bavail * v.f_frsize)
+}
+
+/// A tmpfs lease (`lease_backend = "tmpfs"`) is reaped by detaching its
+/// mount: O(1) whatever it holds. Only a mount exactly at `<tree>/build`
+/// whose source is ours is detached; anything else mounted in a tree is
+/// reported by the walk and left in quarantine.
+fn detach_lease_tmpfs(daemon: &Daemon, name: &std::ffi::CStr) {
+    let mut rel = name.to_bytes().to_vec();
+    rel.extend_from_slice(b"/build");
+    let Ok(rel) = CString::new(rel) else {
+        return;
+    };
+    let trash = daemon.layout.trash.as_fd();
+    let here = rustix::fs::statx(
+        trash,
+        c"",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::MNT_ID,
+    );
+    let there = rustix::fs::statx(
+        trash,
+        &rel,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        rustix::fs::StatxFlags::MNT_ID,
+    );
+    let (Ok(here), Ok(there)) = (here, there) else {
+        return;
+    };
+    if here.stx_mnt_id == there.stx_mnt_id
+        || !crate::mount::mount_source_is(there.stx_mnt_id, crate::allocate::LEASE_TMPFS_SOURCE)
+    {
+        return;
+    }
+    let path = daemon
+        .layout
+        .root_path()
+        .join(crate::layout::TRASH)
+        .join(std::ffi::OsStr::from_bytes(name.to_bytes()))
+        .join(crate::layout::BUILD);
+    if let Err(e) = rustix::mount::unmount(
+        &path,
+        rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
+    ) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot detach a lease tmpfs");
+    }
 }

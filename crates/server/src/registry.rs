@@ -39,6 +39,9 @@ pub struct LeaseMeta {
     pub created_unix: u64,
     /// The reclaim secret (hex). Only root can read this file.
     pub secret: String,
+    /// The build's size limit (tmpfs leases).
+    #[serde(default)]
+    pub limit_bytes: Option<u64>,
 }
 
 /// Writes `meta` as `outer/lease.json` (must not exist yet).

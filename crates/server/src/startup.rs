@@ -185,6 +185,7 @@ fn from_meta(id: LeaseId, state: LeaseState, m: &registry::LeaseMeta) -> LeaseRe
         kept_at: None,
         size_bytes: None,
         secret: m.secret.clone(),
+        limit_bytes: m.limit_bytes,
     }
 }
 
@@ -229,5 +230,6 @@ fn recovered(
         kept_at: None,
         size_bytes: None,
         secret: String::new(),
+        limit_bytes: None,
     }
 }

@@ -36,6 +36,8 @@ pub struct LeaseRecord {
     pub size_bytes: Option<u64>,
     /// The reclaim secret (live leases only).
     pub secret: String,
+    /// The build's size limit (tmpfs leases).
+    pub limit_bytes: Option<u64>,
 }
 
 /// Monotonic counters for `status` (and later metrics).
@@ -235,6 +237,7 @@ impl Daemon {
                 .unwrap_or(0),
             path: path.display().to_string(),
             size_bytes: None,
+            limit_bytes: r.limit_bytes,
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct LeaseJson<'a> {
     pub age_secs: u64,
     pub path: &'a str,
     pub size_bytes: Option<u64>,
+    /// The build's size limit (tmpfs leases), else null.
+    pub limit_bytes: Option<u64>,
 }
 
 pub async fn list(socket: &Path, json: bool, all: bool, size: bool) -> Result<ExitCode> {
@@ -65,6 +67,7 @@ pub fn list_offline(json: bool, config_path: &Path) -> Result<ExitCode> {
                 created_unix: m.created_unix,
                 path: path.display().to_string(),
                 size_bytes: None,
+                limit_bytes: m.limit_bytes,
             }
         })
         .collect();
@@ -117,7 +120,11 @@ fn show(mut rows: Vec<LeaseEntry>, json: bool, size: bool) -> Result<ExitCode> {
                 r.state.to_owned(),
             ];
             if size {
-                row.push(r.size_bytes.map_or("-".into(), output::bytes));
+                let used = r.size_bytes.map_or("-".into(), output::bytes);
+                row.push(match r.limit_bytes {
+                    Some(limit) => format!("{used}/{}", output::bytes(limit)),
+                    None => used,
+                });
             }
             row.push(r.path.to_owned());
             row
@@ -142,5 +149,6 @@ fn to_json<'a>(r: &'a LeaseEntry, now: u64, users: &mut Users) -> LeaseJson<'a> 
         age_secs: now.saturating_sub(r.created_unix),
         path: &r.path,
         size_bytes: r.size_bytes,
+        limit_bytes: r.limit_bytes,
     }
 }

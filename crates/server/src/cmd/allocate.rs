@@ -1,13 +1,19 @@
-use builddir_proto::{validate_name, Allocated, ErrorKind, LeaseState, Owner, Response};
+use builddir_proto::{validate_name, Allocated, ErrorKind, LeaseState, Owner, Response, SizeLimit};
 use std::time::SystemTime;
 
 use super::{error, Reply, Session};
 use crate::allocate::allocate;
+use crate::config::LeaseBackend;
 use crate::registry::LeaseMeta;
 use crate::state::{Counters, LeaseRecord};
 
 impl Session {
-    pub(super) fn allocate(&mut self, name: String, owner: Option<Owner>) -> Reply {
+    pub(super) fn allocate(
+        &mut self,
+        name: String,
+        owner: Option<Owner>,
+        limit: Option<SizeLimit>,
+    ) -> Reply {
         if let Err(e) = validate_name(&name) {
             return (Response::Error(e), None);
         }
@@ -60,6 +66,10 @@ impl Session {
         if let Some(refusal) = self.free_space_refusal() {
             return refusal;
         }
+        let limit = match self.size_limit(limit) {
+            Ok(limit) => limit,
+            Err(refusal) => return refusal,
+        };
         let secret = match crate::registry::new_secret() {
             Ok(s) => s,
             Err(e) => return error(ErrorKind::Internal, format!("getrandom: {e}")),
@@ -78,8 +88,9 @@ impl Session {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             secret: secret.clone(),
+            limit_bytes: limit.map(|l| l.bytes),
         };
-        let lease = match allocate(&self.daemon.layout, owner.uid, owner.gid, meta) {
+        let lease = match allocate(&self.daemon.layout, owner.uid, owner.gid, limit, meta) {
             Ok(lease) => lease,
             Err(e) if e.is_no_space() => {
                 return error(
@@ -111,6 +122,7 @@ impl Session {
                 kept_at: None,
                 size_bytes: None,
                 secret: secret.clone(),
+                limit_bytes: limit.map(|l| l.bytes),
             },
         );
         Counters::bump(&self.daemon.counters.allocations);
@@ -167,5 +179,55 @@ impl Session {
             ));
         }
         None
+    }
+}
+
+impl Session {
+    /// The tmpfs size for this lease, with defaults and caps applied; a
+    /// refusal if the request cannot be honoured.
+    fn size_limit(&self, asked: Option<SizeLimit>) -> Result<Option<SizeLimit>, Reply> {
+        let c = &self.daemon.config;
+        if c.lease_backend == LeaseBackend::Dir {
+            return match asked {
+                None => Ok(None),
+                Some(_) => Err(error(
+                    ErrorKind::BadRequest,
+                    "per-build size limits need lease_backend = \"tmpfs\"; this daemon runs lease_backend = \"dir\" (project quotas are not supported); allocate without a limit or ask the operator",
+                )),
+            };
+        }
+        let asked = asked.unwrap_or(SizeLimit {
+            bytes: 0,
+            inodes: 0,
+        });
+        let bytes = if asked.bytes == 0 {
+            c.lease_size_default
+        } else {
+            asked.bytes
+        };
+        let inodes = if asked.inodes == 0 {
+            c.lease_inodes_default
+        } else {
+            asked.inodes
+        };
+        if bytes > c.lease_size_max {
+            return Err(error(
+                ErrorKind::QuotaExceeded,
+                format!(
+                    "a size of {bytes} bytes is above lease_size_max = {}; ask for less",
+                    c.lease_size_max
+                ),
+            ));
+        }
+        if inodes > c.lease_inodes_max {
+            return Err(error(
+                ErrorKind::QuotaExceeded,
+                format!(
+                    "{inodes} inodes is above lease_inodes_max = {}; ask for fewer",
+                    c.lease_inodes_max
+                ),
+            ));
+        }
+        Ok(Some(SizeLimit { bytes, inodes }))
     }
 }

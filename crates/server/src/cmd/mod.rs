@@ -52,7 +52,7 @@ impl Session {
     /// typed error and a log line.
     pub async fn handle(&mut self, request: Request) -> Reply {
         let reply = match request {
-            Request::Allocate { name, owner } => self.allocate(name, owner),
+            Request::Allocate { name, owner, limit } => self.allocate(name, owner, limit),
             Request::Release { id, keep } => self.release(&id, keep).await,
             Request::List { all, size } => self.list(all, size).await,
             Request::Status => self.status(),

@@ -22,7 +22,15 @@ pub fn status_report(daemon: &crate::state::Daemon) -> StatusReport {
         protocol_version: PROTOCOL_VERSION,
         uptime_secs: daemon.started.elapsed().as_secs(),
         root: root.path.display().to_string(),
-        backing: format!("{} ({})", daemon.config.backing.as_str(), root.fstype),
+        backing: format!(
+            "{} ({}); leases: {}",
+            daemon.config.backing.as_str(),
+            root.fstype,
+            match daemon.config.lease_backend {
+                crate::config::LeaseBackend::Dir => "dir (no per-build size limit)",
+                crate::config::LeaseBackend::Tmpfs => "tmpfs (per-build size limits)",
+            }
+        ),
         nosuid: flags.is_some_and(|f| f.nosuid),
         nodev: flags.is_some_and(|f| f.nodev),
         noexec: flags.is_some_and(|f| f.noexec),

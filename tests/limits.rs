@@ -1,0 +1,241 @@
+//! Per-build size limits (issue 8): with `lease_backend = "tmpfs"` each
+//! lease is its own tmpfs, so a runaway build fills only its own tree.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use builddir_client::{ErrorKind, SizeLimit};
+use builddir_tests::{eventually, require_root, Daemon, DaemonOpts, Probe, USER_A, USER_B};
+
+const MIB: u64 = 1 << 20;
+
+fn tmpfs_leases(tag: &str) -> Daemon {
+    Daemon::start_with(
+        tag,
+        DaemonOpts {
+            config: Some(format!(
+                "lease_backend = \"tmpfs\"\nlease_size_default = {}\nlease_size_max = {}\nlease_inodes_default = 100000\nlease_inodes_max = 200000\n",
+                4 * MIB,
+                64 * MIB
+            )),
+            ..Default::default()
+        },
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_build_writing_past_its_limit_gets_enospc_and_nothing_else_is_affected() {
+    if !require_root("tmpfs_enospc") {
+        return;
+    }
+    let d = tmpfs_leases("enospc");
+    let host_free = rustix::fs::statvfs("/").unwrap().f_bavail;
+    let neighbour = Probe::start(&d.socket, USER_B, "neighbour");
+    assert_eq!(neighbour.report["exec_ok"], true, "{}", neighbour.report);
+    // The runaway: 8 MiB into a 4 MiB lease (the default).
+    let out = d
+        .ctl_cmd(&[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=big bs=1M count=8 2>&1; echo rc=$?",
+        ])
+        .uid(USER_A.uid)
+        .gid(USER_A.gid)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("No space left on device") && !text.contains("rc=0"),
+        "{text}"
+    );
+    // The neighbour still writes, and the host's root did not lose 8 MiB.
+    std::fs::write(neighbour.path().join("fine"), vec![1u8; MIB as usize]).unwrap();
+    let host_after = rustix::fs::statvfs("/").unwrap().f_bavail;
+    assert!(
+        host_free.abs_diff(host_after) * 4096 < 4 * MIB,
+        "host free space moved by the build"
+    );
+    // list shows usage against the limit.
+    let rows: serde_json::Value =
+        serde_json::from_slice(&d.ctl(&["--json", "list", "--all", "--size"]).stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["limit_bytes"], 4 * MIB, "{row}");
+    assert!(row["size_bytes"].as_u64().unwrap() >= MIB, "{row}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&d.ctl(&["--json", "status"]).stdout).unwrap();
+    assert!(
+        status["backing"]
+            .as_str()
+            .unwrap()
+            .contains("leases: tmpfs"),
+        "{status}"
+    );
+    drop(neighbour);
+}
+
+#[test]
+fn requests_above_the_cap_are_refused_naming_the_cap() {
+    if !require_root("tmpfs_cap") {
+        return;
+    }
+    let d = tmpfs_leases("cap");
+    let rt = rt();
+    let err = rt
+        .block_on(async {
+            let c = builddir_client::Client::connect(&d.socket).await?;
+            c.allocate_limited(
+                "too-big",
+                SizeLimit {
+                    bytes: 128 * MIB,
+                    inodes: 0,
+                },
+            )
+            .await
+        })
+        .unwrap_err();
+    let reply = err.reply().expect("a typed error");
+    assert_eq!(reply.kind, ErrorKind::QuotaExceeded);
+    assert!(
+        reply
+            .message
+            .contains(&format!("lease_size_max = {}", 64 * MIB)),
+        "{}",
+        reply.message
+    );
+    // Within the cap: the lease is exactly that big.
+    let lease = rt
+        .block_on(async {
+            let c = builddir_client::Client::connect(&d.socket).await?;
+            c.allocate_limited(
+                "sized",
+                SizeLimit {
+                    bytes: 16 * MIB,
+                    inodes: 1000,
+                },
+            )
+            .await
+        })
+        .unwrap();
+    let vfs = rustix::fs::fstatvfs(lease.dir()).unwrap();
+    assert_eq!(vfs.f_blocks * vfs.f_frsize, 16 * MIB);
+    assert_eq!(vfs.f_files, 1000);
+    use rustix::fs::StatVfsMountFlags as F;
+    assert!(vfs.f_flag.contains(F::NOSUID | F::NODEV) && !vfs.f_flag.contains(F::NOEXEC));
+    rt.block_on(lease.release()).unwrap();
+}
+
+#[test]
+fn reaping_a_100000_file_tmpfs_lease_is_a_detach() {
+    if !require_root("tmpfs_reap") {
+        return;
+    }
+    let d = tmpfs_leases("reap");
+    let rt = rt();
+    let lease = rt
+        .block_on(async {
+            let c = builddir_client::Client::connect(&d.socket).await?;
+            c.allocate_limited(
+                "many",
+                SizeLimit {
+                    bytes: 32 * MIB,
+                    inodes: 150_000,
+                },
+            )
+            .await
+        })
+        .unwrap();
+    let dir = lease.dir().try_clone_to_owned().unwrap();
+    for i in 0..100_000u32 {
+        rustix::fs::mknodat(
+            &dir,
+            format!("f{i}").as_str(),
+            rustix::fs::FileType::RegularFile,
+            rustix::fs::Mode::RUSR,
+            0,
+        )
+        .unwrap();
+    }
+    drop(dir);
+    let path = lease.path().to_owned();
+    rt.block_on(lease.release()).unwrap();
+    assert!(eventually(Duration::from_secs(10), || !path.exists()
+        && d.entries("trash").is_empty()));
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("reaped") && l.contains("removed="))
+        .expect("a reap line");
+    let removed: u64 = line
+        .split("removed=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ms: f64 = line
+        .split("elapsed_ms=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("tmpfs lease with 100000 files: reaped in {ms:.3} ms, {removed} names removed");
+    assert!(removed <= 3, "the walk went inside the tmpfs: {line}");
+    assert!(
+        !builddir_tests::unmount_below_exists(&d.root.join("trash")),
+        "the lease tmpfs is still mounted"
+    );
+}
+
+#[test]
+fn a_dir_backend_refuses_size_requests_instead_of_ignoring_them() {
+    if !require_root("dir_backend_refuses_limits") {
+        return;
+    }
+    let d = Daemon::start("nolimits");
+    let err = rt()
+        .block_on(async {
+            let c = builddir_client::Client::connect(&d.socket).await?;
+            c.allocate_limited(
+                "wants-limit",
+                SizeLimit {
+                    bytes: 16 * MIB,
+                    inodes: 0,
+                },
+            )
+            .await
+        })
+        .unwrap_err();
+    let reply = err.reply().expect("a typed error");
+    assert_eq!(reply.kind, ErrorKind::BadRequest);
+    assert!(
+        reply.message.contains("lease_backend = \"tmpfs\""),
+        "{}",
+        reply.message
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&d.ctl(&["--json", "status"]).stdout).unwrap();
+    assert!(
+        status["backing"]
+            .as_str()
+            .unwrap()
+            .contains("no per-build size limit"),
+        "{status}"
+    );
+    let _ = USER_A;
+}
