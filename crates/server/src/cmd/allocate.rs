@@ -1,4 +1,6 @@
-use builddir_proto::{validate_name, Allocated, ErrorKind, LeaseState, Owner, Response, SizeLimit};
+use builddir_proto::{
+    validate_name, Allocated, ErrorKind, ErrorReply, LeaseState, Owner, Response, SizeLimit,
+};
 use std::time::SystemTime;
 
 use super::{error, Reply, Session};
@@ -68,7 +70,7 @@ impl Session {
         }
         let limit = match self.size_limit(limit) {
             Ok(limit) => limit,
-            Err(refusal) => return refusal,
+            Err(e) => return (Response::Error(e), None),
         };
         let secret = match crate::registry::new_secret() {
             Ok(s) => s,
@@ -185,12 +187,12 @@ impl Session {
 impl Session {
     /// The tmpfs size for this lease, with defaults and caps applied; a
     /// refusal if the request cannot be honoured.
-    fn size_limit(&self, asked: Option<SizeLimit>) -> Result<Option<SizeLimit>, Reply> {
+    fn size_limit(&self, asked: Option<SizeLimit>) -> Result<Option<SizeLimit>, ErrorReply> {
         let c = &self.daemon.config;
         if c.lease_backend == LeaseBackend::Dir {
             return match asked {
                 None => Ok(None),
-                Some(_) => Err(error(
+                Some(_) => Err(ErrorReply::new(
                     ErrorKind::BadRequest,
                     "per-build size limits need lease_backend = \"tmpfs\"; this daemon runs lease_backend = \"dir\" (project quotas are not supported); allocate without a limit or ask the operator",
                 )),
@@ -211,7 +213,7 @@ impl Session {
             asked.inodes
         };
         if bytes > c.lease_size_max {
-            return Err(error(
+            return Err(ErrorReply::new(
                 ErrorKind::QuotaExceeded,
                 format!(
                     "a size of {bytes} bytes is above lease_size_max = {}; ask for less",
@@ -220,7 +222,7 @@ impl Session {
             ));
         }
         if inodes > c.lease_inodes_max {
-            return Err(error(
+            return Err(ErrorReply::new(
                 ErrorKind::QuotaExceeded,
                 format!(
                     "{inodes} inodes is above lease_inodes_max = {}; ask for fewer",
