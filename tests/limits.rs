@@ -2,7 +2,6 @@
 //! lease is its own tmpfs, so a runaway build fills only its own tree.
 
 use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
 use builddir_client::{ErrorKind, SizeLimit};
