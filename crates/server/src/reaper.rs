@@ -146,6 +146,16 @@ fn detach_lease_tmpfs(daemon: &Daemon, name: &std::ffi::CStr) {
         .join(crate::layout::TRASH)
         .join(std::ffi::OsStr::from_bytes(name.to_bytes()))
         .join(crate::layout::BUILD);
+    if let Ok(vfs) = rustix::fs::statvfs(&path) {
+        if vfs.f_bavail == 0 || vfs.f_favail == 0 {
+            tracing::warn!(
+                path = %path.display(),
+                limit_bytes = vfs.f_blocks * vfs.f_frsize,
+                limit_inodes = vfs.f_files,
+                "lease had reached its size limit (its build saw ENOSPC)"
+            );
+        }
+    }
     if let Err(e) = rustix::mount::unmount(
         &path,
         rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
