@@ -57,6 +57,12 @@ fn a_build_writing_past_its_limit_gets_enospc_and_nothing_else_is_affected() {
         text.contains("No space left on device") && !text.contains("rc=0"),
         "{text}"
     );
+    // The daemon logs that the build hit its limit.
+    assert!(
+        eventually(Duration::from_secs(10), || d.log_text().contains("reached its size limit")),
+        "{}",
+        d.log_text()
+    );
     // The neighbour still writes, and the host's root did not lose 8 MiB.
     std::fs::write(neighbour.path().join("fine"), vec![1u8; MIB as usize]).unwrap();
     let host_after = rustix::fs::statvfs("/").unwrap().f_bavail;
