@@ -59,7 +59,9 @@ fn a_build_writing_past_its_limit_gets_enospc_and_nothing_else_is_affected() {
     );
     // The daemon logs that the build hit its limit.
     assert!(
-        eventually(Duration::from_secs(10), || d.log_text().contains("reached its size limit")),
+        eventually(Duration::from_secs(10), || d
+            .log_text()
+            .contains("reached its size limit")),
         "{}",
         d.log_text()
     );
