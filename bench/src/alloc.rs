@@ -337,7 +337,8 @@ pub fn run(
         for ((label, _), v) in variants.iter().zip(&vs) {
             let what = match *label {
                 "log=warn" => "same, daemon started with --log-level warn (no per-lease audit lines)",
-                _ => "same, daemon run under a NOTIFY_SOCKET read by the harness: each lease's connection is sent to the fd store (FDSTORE=1) and removed on release (FDSTOREREMOVE=1); systemd would do more work per message than the harness",
+                "fd store" => "same, daemon run under a NOTIFY_SOCKET read by the harness: each lease's connection is sent to the fd store (FDSTORE=1) and removed on release (FDSTOREREMOVE=1); systemd would do more work per message than the harness",
+                _ => "same, lease_backend = \"tmpfs\": every lease is its own tmpfs (fsopen/fsmount/move_mount), released by detaching it",
             };
             report.push(
                 Row::new(

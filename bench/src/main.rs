@@ -123,8 +123,9 @@ struct Args {
     /// builddird --log-level (it logs every allocation and release at info).
     #[arg(long, default_value = "info", value_name = "FILTER")]
     daemon_log_level: String,
-    /// [1] Skip the c=1 variants: a daemon logging at warn, and one run
-    /// under a NOTIFY_SOCKET (so its default fd store is active).
+    /// [1] Skip the c=1 variants: a daemon logging at warn, one run under a
+    /// NOTIFY_SOCKET (so its default fd store is active), one with
+    /// `lease_backend = "tmpfs"` (a tmpfs mounted per lease).
     #[arg(long)]
     no_variants: bool,
     /// Also write all figures as one JSON document here.
@@ -344,6 +345,13 @@ fn host_meta(args: &Args, sizes: &Sizes, daemon_bin: &Path) -> serde_json::Value
     })
 }
 
+/// `/proc/loadavg` (other work on the machine skews every figure).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// The filesystem type of the mount holding `path` (from mountinfo).
 fn fs_type(path: &Path) -> String {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -382,15 +390,17 @@ fn run(args: Args) -> Result<usize> {
         notify: false,
     };
     let mut meta = host_meta(&args, &sizes, &bin);
+    meta["loadavg_start"] = json!(loadavg());
     meta["fd_limit"] = json!(fd_limit);
     println!(
-        "builddir-bench: {} cpus, kernel {}, {} backing on {} ({}), scratch {}{}",
+        "builddir-bench: {} cpus, kernel {}, {} backing on {} ({}), scratch {}, loadavg {}{}",
         meta["cpus"],
         meta["kernel"].as_str().unwrap_or("?"),
         opts.backing,
         args.scratch.display(),
         meta["scratch_fs"].as_str().unwrap_or("?"),
         scratch.dir.display(),
+        meta["loadavg_start"].as_str().unwrap_or("?"),
         if args.smoke { ", SMOKE sizes" } else { "" }
     );
     let started = Instant::now();
@@ -402,22 +412,40 @@ fn run(args: Args) -> Result<usize> {
         if want(Part::Alloc) {
             let mut variants: Vec<(String, Daemon)> = Vec::new();
             if !args.no_variants {
-                let quiet = DaemonOpts {
-                    log_level: "warn".into(),
-                    ..opts.clone()
-                };
-                variants.push((
-                    "log=warn".into(),
-                    Daemon::start(&quiet, scratch.sub("quiet")?)?.0,
-                ));
-                let managed = DaemonOpts {
-                    notify: true,
-                    ..opts.clone()
-                };
-                variants.push((
-                    "fd store".into(),
-                    Daemon::start(&managed, scratch.sub("notify")?)?.0,
-                ));
+                let candidates = [
+                    (
+                        "log=warn",
+                        "quiet",
+                        DaemonOpts {
+                            log_level: "warn".into(),
+                            ..opts.clone()
+                        },
+                    ),
+                    (
+                        "fd store",
+                        "notify",
+                        DaemonOpts {
+                            notify: true,
+                            ..opts.clone()
+                        },
+                    ),
+                    (
+                        "tmpfs leases",
+                        "tmpfs-leases",
+                        DaemonOpts {
+                            config: format!("{BENCH_CONFIG}lease_backend = \"tmpfs\"\n"),
+                            ..opts.clone()
+                        },
+                    ),
+                ];
+                for (label, dir, o) in candidates {
+                    // A daemon that does not know a variant's setting refuses
+                    // to start; the variant is then skipped, not the run.
+                    match Daemon::start(&o, scratch.sub(dir)?) {
+                        Ok((d, _)) => variants.push((label.into(), d)),
+                        Err(e) => println!("note: variant {label:?} skipped: {e:#}"),
+                    }
+                }
             }
             let cfg = alloc::AllocCfg {
                 concurrency: sizes.concurrency.clone(),
@@ -485,6 +513,7 @@ fn run(args: Args) -> Result<usize> {
     }
     let secs = started.elapsed().as_secs_f64();
     meta["seconds"] = json!(secs);
+    meta["loadavg_end"] = json!(loadavg());
     report.finish(meta)?;
     let deaths = daemon::SIGTERM_DEATHS.load(std::sync::atomic::Ordering::Relaxed);
     if deaths > 0 {
@@ -494,7 +523,8 @@ fn run(args: Args) -> Result<usize> {
     }
     let misses = report.misses();
     println!(
-        "builddir-bench: done in {secs:.1} s; {misses} target(s) missed{}",
+        "builddir-bench: done in {secs:.1} s (loadavg {}); {misses} target(s) missed{}",
+        loadavg(),
         if args.smoke {
             " (smoke sizes: figures are not meaningful)"
         } else {
