@@ -46,7 +46,9 @@ impl Connection {
             codec: LengthDelimitedCodec::builder()
                 .max_frame_length(MAX_FRAME)
                 .new_codec(),
-            rbuf: BytesMut::with_capacity(4096),
+            // Grows only while a frame arrives: an idle connection (one per
+            // live lease) costs no buffer.
+            rbuf: BytesMut::new(),
             fds: VecDeque::new(),
             policy,
         }
@@ -89,14 +91,37 @@ impl Connection {
     }
 
     /// Receives more bytes into the read buffer. Returns 0 at end of stream.
+    ///
+    /// Waits for readiness first and receives synchronously, so the stack
+    /// buffer is never part of the future: an idle connection's pending
+    /// read costs a few bytes, not 8 KiB.
     async fn fill(&mut self) -> Result<usize, ProtoError> {
+        loop {
+            self.stream
+                .readable()
+                .await
+                .map_err(|source| ProtoError::Io {
+                    context: "waiting for the socket",
+                    source,
+                })?;
+            match self.try_fill() {
+                Err(ProtoError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::WouldBlock =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_fill(&mut self) -> Result<usize, ProtoError> {
         let mut chunk = [0u8; 8192];
         let Connection { stream, fds, .. } = self;
         let got = stream
-            .async_io(Interest::READABLE, || {
+            .try_io(Interest::READABLE, || {
                 fdpass::recv(stream.as_fd(), &mut chunk)
             })
-            .await
             .map_err(|source| ProtoError::Io {
                 context: "recvmsg on the socket",
                 source,

@@ -19,7 +19,7 @@ pub const FEATURES: &[&str] = &["allocate", "release", "keep", "list", "status",
 
 /// Serves one accepted connection to the end.
 pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
-    let peer = match Peer::of(&stream) {
+    let peer = match Peer::of(&stream, daemon.policy.uses_groups()) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read SO_PEERCRED; closing");
@@ -47,7 +47,7 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
 /// Serves a connection handed back by systemd's fd store after a restart:
 /// its handshake happened with the previous daemon, so requests follow.
 pub async fn resume(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
-    let Ok(peer) = Peer::of(&stream) else {
+    let Ok(peer) = Peer::of(&stream, daemon.policy.uses_groups()) else {
         return;
     };
     let slot_owner = daemon.clone();

@@ -170,10 +170,13 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         if detached > 0 {
             builddir_server::ending::spawn_grace_expiry(daemon.clone());
         }
+        // Handlers first: a SIGTERM right after READY=1 must stop us
+        // cleanly, not kill us by the default action.
+        let shutdown = shutdown_signal().context("cannot install signal handlers")?;
         notify::ready(&daemon);
         notify::spawn_heartbeat(daemon.clone());
         builddir_server::retention::spawn_periodic(daemon.clone());
-        server::run(listener, daemon, conn_id, shutdown_signal()).await;
+        server::run(listener, daemon, conn_id, shutdown).await;
         notify::stopping();
         tracing::info!("stopping");
         Ok(())
@@ -187,13 +190,15 @@ fn resumed_stream(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::UnixS
     tokio::net::UnixStream::from_std(std_stream)
 }
 
-async fn shutdown_signal() {
+/// Installs SIGTERM and SIGINT handlers now; the future completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term =
-        signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -17,8 +17,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Reads `SO_PEERCRED` of `stream`.
-    pub fn of(stream: &UnixStream) -> std::io::Result<Peer> {
+    /// Reads `SO_PEERCRED` of `stream`; with `want_groups`, also the peer's
+    /// supplementary groups (a `/proc` read, so only when policy uses groups).
+    pub fn of(stream: &UnixStream, want_groups: bool) -> std::io::Result<Peer> {
         let cred = stream.peer_cred()?;
         let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
         let command = if pid == 0 {
@@ -28,7 +29,11 @@ impl Peer {
                 .map(|s| s.trim_end().to_owned())
                 .unwrap_or_default()
         };
-        let groups = crate::identity::supplementary_groups(pid, cred.uid()).unwrap_or_default();
+        let groups = if want_groups {
+            crate::identity::supplementary_groups(pid, cred.uid()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         Ok(Peer {
             uid: cred.uid(),
             gid: cred.gid(),

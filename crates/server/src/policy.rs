@@ -113,6 +113,14 @@ impl Policy {
         Ok(p)
     }
 
+    /// Returns true if and only if a decision can depend on the peer's
+    /// groups (so they must be looked up at connect time).
+    pub fn uses_groups(&self) -> bool {
+        self.operator_gid.is_some()
+            || !self.allowed_gids.is_empty()
+            || self.grants.iter().any(|g| !g.to_gids.is_empty())
+    }
+
     /// Returns true if and only if `peer` is root or in the operator group.
     pub fn is_operator(&self, peer: &Peer) -> bool {
         peer.uid == 0 || self.operator_gid.is_some_and(|g| peer.in_group(g))
