@@ -81,7 +81,10 @@ fn cargo_build_script_fails_on_noexec_tmp_and_succeeds_under_builddir_ctl_run() 
     );
 
     // 2. Under builddir-ctl run (same namespace setup, same noexec /tmp).
-    let ctl = bin("builddir-ctl");
+    // A copy outside /tmp: the checkout itself may live under /tmp, which
+    // the noexec tmpfs hides in the namespace.
+    let ctl = d.scratch.dir.join("builddir-ctl");
+    std::fs::copy(bin("builddir-ctl"), &ctl).unwrap();
     let script = format!(
         "{ctl} --socket {sock} run --name seed -- /bin/sh -c 'echo LEASE=$PWD; cp -r {krate_s}/. . && CARGO_TARGET_DIR=$PWD/target {cargo} build --offline && ./target/debug/seed'",
         ctl = ctl.display(),
