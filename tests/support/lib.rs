@@ -432,6 +432,17 @@ impl Probe {
     }
 }
 
+impl Drop for Probe {
+    /// A probe not finished by its test is killed (its connection closes, so
+    /// a live daemon releases its lease): no client outlives its test, not
+    /// even one patiently trying to reclaim a lease from a daemon the test
+    /// has already stopped.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 use std::os::unix::process::CommandExt;
 
 /// Returns true if and only if something is mounted at or below `dir`.
