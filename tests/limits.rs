@@ -23,6 +23,20 @@ fn tmpfs_leases(tag: &str) -> Daemon {
     )
 }
 
+/// One lease with its own size limit, from `d`.
+fn allocate_limited(
+    rt: &tokio::runtime::Runtime,
+    d: &Daemon,
+    name: &str,
+    bytes: u64,
+    inodes: u64,
+) -> Result<builddir_client::Lease, builddir_client::Error> {
+    rt.block_on(async {
+        let c = builddir_client::Client::connect(&d.socket).await?;
+        c.allocate_limited(name, SizeLimit { bytes, inodes }).await
+    })
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -97,19 +111,7 @@ fn requests_above_the_cap_are_refused_naming_the_cap() {
     }
     let d = tmpfs_leases("cap");
     let rt = rt();
-    let err = rt
-        .block_on(async {
-            let c = builddir_client::Client::connect(&d.socket).await?;
-            c.allocate_limited(
-                "too-big",
-                SizeLimit {
-                    bytes: 128 * MIB,
-                    inodes: 0,
-                },
-            )
-            .await
-        })
-        .unwrap_err();
+    let err = allocate_limited(&rt, &d, "too-big", 128 * MIB, 0).unwrap_err();
     let reply = err.reply().expect("a typed error");
     assert_eq!(reply.kind, ErrorKind::QuotaExceeded);
     assert!(
@@ -120,19 +122,7 @@ fn requests_above_the_cap_are_refused_naming_the_cap() {
         reply.message
     );
     // Within the cap: the lease is exactly that big.
-    let lease = rt
-        .block_on(async {
-            let c = builddir_client::Client::connect(&d.socket).await?;
-            c.allocate_limited(
-                "sized",
-                SizeLimit {
-                    bytes: 16 * MIB,
-                    inodes: 1000,
-                },
-            )
-            .await
-        })
-        .unwrap();
+    let lease = allocate_limited(&rt, &d, "sized", 16 * MIB, 1000).unwrap();
     let vfs = rustix::fs::fstatvfs(lease.dir()).unwrap();
     assert_eq!(vfs.f_blocks * vfs.f_frsize, 16 * MIB);
     assert_eq!(vfs.f_files, 1000);
@@ -148,19 +138,7 @@ fn reaping_a_100000_file_tmpfs_lease_is_a_detach() {
     }
     let d = tmpfs_leases("reap");
     let rt = rt();
-    let lease = rt
-        .block_on(async {
-            let c = builddir_client::Client::connect(&d.socket).await?;
-            c.allocate_limited(
-                "many",
-                SizeLimit {
-                    bytes: 32 * MIB,
-                    inodes: 150_000,
-                },
-            )
-            .await
-        })
-        .unwrap();
+    let lease = allocate_limited(&rt, &d, "many", 32 * MIB, 150_000).unwrap();
     let dir = lease.dir().try_clone_to_owned().unwrap();
     for i in 0..100_000u32 {
         rustix::fs::mknodat(
@@ -215,19 +193,7 @@ fn a_dir_backend_refuses_size_requests_instead_of_ignoring_them() {
         return;
     }
     let d = Daemon::start("nolimits");
-    let err = rt()
-        .block_on(async {
-            let c = builddir_client::Client::connect(&d.socket).await?;
-            c.allocate_limited(
-                "wants-limit",
-                SizeLimit {
-                    bytes: 16 * MIB,
-                    inodes: 0,
-                },
-            )
-            .await
-        })
-        .unwrap_err();
+    let err = allocate_limited(&rt(), &d, "wants-limit", 16 * MIB, 0).unwrap_err();
     let reply = err.reply().expect("a typed error");
     assert_eq!(reply.kind, ErrorKind::BadRequest);
     assert!(

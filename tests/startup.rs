@@ -41,6 +41,14 @@ fn args_for(s: &Scratch, root: &std::path::Path, backing: &str) -> Vec<std::ffi:
     ]
 }
 
+/// A refusal must leave nothing mounted below the scratch dir.
+fn assert_nothing_mounted(s: &Scratch) {
+    assert!(
+        !builddir_tests::unmount_below_exists(&s.dir),
+        "nothing may be mounted after a refusal"
+    );
+}
+
 fn refused_with(s: &Scratch, root: &std::path::Path, backing: &str) -> String {
     let args = args_for(s, root, backing);
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
@@ -66,10 +74,7 @@ fn refuses_a_root_not_owned_by_root() {
         1,
         "one line, cause and fix: {err}"
     );
-    assert!(
-        !builddir_tests::unmount_below_exists(&s.dir),
-        "nothing may be mounted after a refusal"
-    );
+    assert_nothing_mounted(&s);
 }
 
 #[test]
@@ -87,10 +92,7 @@ fn refuses_a_group_or_world_writable_root() {
             err.contains("writable by group or others") && err.contains("chmod go-w"),
             "{mode:o}: {err}"
         );
-        assert!(
-            !builddir_tests::unmount_below_exists(&s.dir),
-            "nothing may be mounted after a refusal"
-        );
+        assert_nothing_mounted(&s);
     }
 }
 
@@ -107,10 +109,7 @@ fn refuses_a_root_below_a_symlink() {
         err.contains("is a symlink") && err.contains("real path"),
         "{err}"
     );
-    assert!(
-        !builddir_tests::unmount_below_exists(&s.dir),
-        "nothing may be mounted after a refusal"
-    );
+    assert_nothing_mounted(&s);
 }
 
 #[test]
