@@ -212,7 +212,7 @@ in
         SystemCallFilter = [
           "@system-service @mount"
           "~@setuid @resources @keyring @memlock @clock @module @raw-io @reboot @swap @cpu-emulation @debug @obsolete"
-          "~chroot pivot_root open_by_handle_at bpf acct quotactl quotactl_fd fanotify_init fanotify_mark userfaultfd"
+          "~chroot pivot_root open_by_handle_at bpf acct quotactl fanotify_init fanotify_mark userfaultfd"
         ];
         SystemCallErrorNumber = "EPERM";
         MemoryDenyWriteExecute = true;

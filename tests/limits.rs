@@ -1,5 +1,11 @@
 //! Per-build size limits (issue 8): with `lease_backend = "tmpfs"` each
 //! lease is its own tmpfs, so a runaway build fills only its own tree.
+//!
+//! Project quotas (`lease_backend = "project-quota"`): here, what the daemon
+//! does on a filesystem that cannot enforce them (this suite's kernel has no
+//! CONFIG_QFMT_V2, so no ext4 image made with `-O quota,project` mounts).
+//! Enforcement itself runs under Debian's own kernel in a VM:
+//! `tests/e2e/quota-vm.sh` (a README test command).
 
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
@@ -211,4 +217,116 @@ fn a_dir_backend_refuses_size_requests_instead_of_ignoring_them() {
         "{status}"
     );
     let _ = USER_A;
+}
+
+/// Mounts a fresh ext4 image made *without* quota support on `d.root`
+/// (nosuid,nodev,exec, private), for `backing = "external"`.
+fn mount_ext4_without_quotas(d: &Daemon) {
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    // The image lives in a tmpfs of its own: the host disk (which other
+    // tests in this suite watch) does not see mkfs's writes.
+    let disk = d.scratch.dir.join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    run(std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=80m", "builddird-test-disk"])
+        .arg(&disk));
+    let image = disk.join("ext4.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    run(std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^quota,^project"])
+        .arg(&image));
+    std::fs::create_dir(&d.root).unwrap();
+    run(std::process::Command::new("mount")
+        .args(["-o", "loop,nosuid,nodev"])
+        .arg(&image)
+        .arg(&d.root));
+    run(std::process::Command::new("mount")
+        .arg("--make-private")
+        .arg(&d.root));
+}
+
+fn external_with(tag: &str, config: &str) -> Daemon {
+    let d = Daemon::prepare(
+        tag,
+        DaemonOpts {
+            backing: "external",
+            config: Some(config.to_owned()),
+            ..Default::default()
+        },
+    );
+    mount_ext4_without_quotas(&d);
+    d
+}
+
+#[test]
+fn project_quota_backend_refuses_to_start_where_quotas_are_not_enforced() {
+    if !require_root("project_quota_refuses_to_start") {
+        return;
+    }
+    let d = external_with("pq-refuse", "lease_backend = \"project-quota\"\n");
+    let mut child = d
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = builddir_tests::wait_timeout(&mut child, Duration::from_secs(20))
+        .expect("builddird must exit, not serve without quotas");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "it started: {err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cannot enforce project quotas: ext4")
+            && last.contains("tune2fs -O quota,project")
+            && last.contains("prjquota"),
+        "{err}"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&d.socket).is_err(),
+        "nothing may be served"
+    );
+}
+
+#[test]
+fn a_dir_backend_says_why_project_quotas_are_unavailable_and_refuses_sizes() {
+    if !require_root("dir_backend_names_quota_reason") {
+        return;
+    }
+    let mut d = external_with("pq-dir", "lease_backend = \"dir\"\n");
+    d.spawn();
+    let status: serde_json::Value =
+        serde_json::from_slice(&d.ctl(&["--json", "status"]).stdout).unwrap();
+    let backing = status["backing"].as_str().unwrap();
+    assert!(
+        backing.contains("leases: dir (no per-build size limit; project quotas unavailable: ext4"),
+        "{status}"
+    );
+    let rt = rt();
+    let err = allocate_limited(&rt, &d, "wants-limit", 16 * MIB, 0).unwrap_err();
+    let reply = err.reply().expect("a typed error");
+    assert_eq!(reply.kind, ErrorKind::BadRequest);
+    assert!(
+        reply.message.contains("project quotas unavailable") && reply.message.contains("tune2fs"),
+        "{}",
+        reply.message
+    );
+    // The same refusal reaches the command line, as one line.
+    let out = d.ctl(&["run", "--size", "8M", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("bad-request") || stderr.contains("project quotas unavailable"),
+        "{stderr}"
+    );
+    // Unsized leases still work on that filesystem.
+    let out = d.ctl(&["run", "--", "sh", "-c", "echo hi > f && cat f"]);
+    assert!(out.status.success(), "{out:?}");
 }

@@ -142,20 +142,26 @@ impl Daemon {
     }
 
     pub fn start_with(tag: &str, opts: DaemonOpts) -> Daemon {
+        let mut d = Daemon::prepare(tag, opts);
+        d.spawn();
+        d
+    }
+
+    /// A daemon with its scratch dir made but not started, so a test can
+    /// set up `root` first (mount a filesystem there); then [`Daemon::spawn`].
+    pub fn prepare(tag: &str, opts: DaemonOpts) -> Daemon {
         let scratch = Scratch::new(tag);
         let root = scratch.dir.join("root");
         let socket = scratch.dir.join("bd.sock");
         let log = scratch.dir.join("daemon.log");
-        let mut d = Daemon {
+        Daemon {
             scratch,
             root,
             socket,
             child: None,
             log,
             opts,
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// The command line this daemon runs with.

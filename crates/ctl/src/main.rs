@@ -86,6 +86,13 @@ enum Command {
         /// Do not set TMPDIR to the build directory.
         #[arg(long)]
         no_tmpdir: bool,
+        /// Limit the build to this many bytes (e.g. 512M, 8G); needs a
+        /// daemon with lease_backend = "tmpfs" or "project-quota".
+        #[arg(long, value_name = "SIZE", value_parser = output::parse_size)]
+        size: Option<u64>,
+        /// Limit the build to this many files and directories.
+        #[arg(long, value_name = "N")]
+        inodes: Option<u64>,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
@@ -128,8 +135,17 @@ fn main() -> ExitCode {
                 name,
                 keep_failed,
                 no_tmpdir,
+                size,
+                inodes,
                 command,
-            } => cmd::run(&socket, &name, keep_failed, !no_tmpdir, command).await,
+            } => {
+                let limit =
+                    (size.is_some() || inodes.is_some()).then(|| builddir_client::SizeLimit {
+                        bytes: size.unwrap_or(0),
+                        inodes: inodes.unwrap_or(0),
+                    });
+                cmd::run(&socket, &name, keep_failed, !no_tmpdir, limit, command).await
+            }
         }
     });
     match result {

@@ -82,26 +82,51 @@ pub fn bytes(n: u64) -> String {
 
 /// `90`, `90s`, `30m`, `12h`, `7d` → seconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
+    scaled(
+        text,
+        &[("", 1), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)],
+        "a duration like 90s, 30m, 12h or 7d",
+    )
+}
+
+/// Parses a size: bytes, or with a binary suffix K, M, G or T ("512M").
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    scaled(
+        text,
+        &[
+            ("", 1),
+            ("K", 1 << 10),
+            ("M", 1 << 20),
+            ("G", 1 << 30),
+            ("T", 1 << 40),
+        ],
+        "a size like 4096, 512M or 8G",
+    )
+}
+
+/// Digits followed by one of `units` (suffix, scale); `what` names the
+/// expected form in errors.
+fn scaled(text: &str, units: &[(&str, u64)], what: &str) -> Result<u64, String> {
     let (digits, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len()),
     );
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 12h or 7d"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}; use s, m, h or d"
-            ))
-        }
+        .map_err(|_| format!("{text:?} is not {what}"))?;
+    let Some((_, scale)) = units.iter().find(|(u, _)| *u == unit) else {
+        let names: Vec<&str> = units
+            .iter()
+            .map(|(u, _)| *u)
+            .filter(|u| !u.is_empty())
+            .collect();
+        return Err(format!(
+            "unknown unit {unit:?} in {text:?}; use {}",
+            names.join(", ")
+        ));
     };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    n.checked_mul(*scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -125,5 +150,12 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(604_800));
         assert!(parse_duration("7w").is_err());
         assert!(parse_duration("m").is_err());
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert!(parse_size("8X").unwrap_err().contains("use K, M, G, T"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
     }
 }

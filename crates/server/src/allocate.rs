@@ -52,13 +52,24 @@ pub struct NewLease {
     pub build: OwnedFd,
 }
 
-/// Creates `b/<id>/build` owned by `uid:gid`, recording `meta(id)`; with
-/// `tmpfs`, `build` is a fresh tmpfs of that size.
+/// How a lease's size is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizing {
+    /// Not at all (a plain directory on the root).
+    Unbounded,
+    /// `build` is a fresh tmpfs of this size.
+    Tmpfs(SizeLimit),
+    /// `build` is in this project, whose limits are already set.
+    Project(u32),
+}
+
+/// Creates `b/<id>/build` owned by `uid:gid`, sized by `sizing`, recording
+/// `meta(id)`.
 pub fn allocate(
     layout: &Layout,
     uid: u32,
     gid: u32,
-    tmpfs: Option<SizeLimit>,
+    sizing: Sizing,
     meta: impl FnOnce(LeaseId) -> LeaseMeta,
 ) -> Result<NewLease, AllocError> {
     let id = LeaseId::generate().map_err(|e| AllocError {
@@ -77,10 +88,16 @@ pub fn allocate(
         fchown(&outer, Some(Uid::ROOT), Some(Gid::from_raw(gid))).map_err(step("fchown outer"))?;
         fchmod(&outer, Mode::from_raw_mode(0o710)).map_err(step("fchmod outer"))?;
         mkdirat(&outer, BUILD, Mode::empty()).map_err(step("mkdirat build"))?;
-        if let Some(limit) = tmpfs {
+        if let Sizing::Tmpfs(limit) = sizing {
             mount_tmpfs(outer.as_fd(), uid, gid, limit).map_err(step("mount the lease's tmpfs"))?;
         }
         let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty()).map_err(step("open build"))?;
+        if let Sizing::Project(id) = sizing {
+            // While `build` is still root's and empty: from here on every
+            // inode created below it is charged to the lease's project.
+            crate::quota::sys::set_project(build.as_fd(), id)
+                .map_err(step("set the build's project id"))?;
+        }
         // Owner first, then mode: the dir is never 0700 for the wrong owner.
         fchown(&build, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
             .map_err(step("fchown build"))?;

@@ -46,6 +46,12 @@ pub enum LeaseBackend {
     /// fills it gets ENOSPC in its own tree only, and reaping is a detach.
     /// Lives in memory and swap.
     Tmpfs,
+    /// A directory on the root mount with a project quota of its own
+    /// (ext4 `-O quota,project` or XFS, mounted `prjquota`): a build that
+    /// fills it gets EDQUOT/ENOSPC in its own tree only. The daemon refuses
+    /// to start if the root filesystem does not enforce project quotas.
+    #[serde(rename = "project-quota")]
+    ProjectQuota,
 }
 
 impl LeaseBackend {
@@ -53,6 +59,7 @@ impl LeaseBackend {
         match self {
             LeaseBackend::Dir => "dir",
             LeaseBackend::Tmpfs => "tmpfs",
+            LeaseBackend::ProjectQuota => "project-quota",
         }
     }
 }
@@ -110,16 +117,20 @@ pub struct Config {
     /// Keep lease connections in systemd's file descriptor store (when
     /// `NOTIFY_SOCKET` is set), so a restart does not drop them.
     pub fd_store: bool,
-    /// Where leases live: `"dir"` or `"tmpfs"` (per-build size limits).
+    /// Where leases live: `"dir"`, or with per-build size limits
+    /// `"tmpfs"` or `"project-quota"`.
     pub lease_backend: LeaseBackend,
-    /// tmpfs leases: size when the client asks for none (bytes).
+    /// Sized leases: size when the client asks for none (bytes).
     pub lease_size_default: u64,
-    /// tmpfs leases: the largest size a client may ask for (bytes).
+    /// Sized leases: the largest size a client may ask for (bytes).
     pub lease_size_max: u64,
-    /// tmpfs leases: inodes when the client asks for none.
+    /// Sized leases: inodes when the client asks for none.
     pub lease_inodes_default: u64,
-    /// tmpfs leases: the most inodes a client may ask for.
+    /// Sized leases: the most inodes a client may ask for.
     pub lease_inodes_max: u64,
+    /// `project-quota` leases: the project ids the daemon owns on the root
+    /// filesystem ("first-last"); nothing else may use them.
+    pub project_ids: String,
 }
 
 /// Lets `users`/`groups` ask for directories owned by `uids`:`gids`.
@@ -167,6 +178,7 @@ impl Default for Config {
             lease_size_max: 64 << 30,
             lease_inodes_default: 1_000_000,
             lease_inodes_max: 10_000_000,
+            project_ids: "1000000-1999999".to_owned(),
         }
     }
 }
@@ -269,7 +281,20 @@ impl Config {
                 self.lease_inodes_default, self.lease_inodes_max
             )));
         }
+        self.project_id_range()?;
         Ok(())
+    }
+
+    /// `project_ids` as a range of ids (never project 0, the default).
+    pub fn project_id_range(&self) -> Result<std::ops::RangeInclusive<u32>, ConfigError> {
+        let range = crate::policy::id_range("project_ids", &self.project_ids)?;
+        if *range.start() == 0 || range.is_empty() {
+            return Err(ConfigError::Value(format!(
+                "project_ids = {:?}: must be a non-empty range that excludes 0, like \"1000000-1999999\"",
+                self.project_ids
+            )));
+        }
+        Ok(range)
     }
 
     /// `socket_mode` as permission bits.

@@ -6,10 +6,13 @@
 //! Module map, in the order a request meets them:
 //! [`listener`] / [`systemd_fds`] → [`server`] (accept loop) →
 //! [`handler`] (handshake, request loop) → [`cmd`] (one file per request) →
-//! [`allocate`] / [`release`] → [`reaper`] → [`rmtree`].
-//! At start: [`config`] → [`mount`] → [`layout`] → [`startup`] → [`notify`].
+//! [`allocate`] (sized by [`backend`]: tmpfs or [`quota`]) / [`release`] →
+//! [`reaper`] → [`rmtree`].
+//! At start: [`config`] → [`mount`] → [`layout`] → [`backend`] → [`startup`]
+//! → [`notify`].
 
 pub mod allocate;
+pub mod backend;
 pub mod cmd;
 pub mod config;
 pub mod ending;
@@ -27,6 +30,7 @@ pub mod mount;
 pub mod notify;
 pub mod peer;
 pub mod policy;
+pub mod quota;
 pub mod reaper;
 pub mod registry;
 pub mod release;

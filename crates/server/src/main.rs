@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+use builddir_server::backend::LeaseMode;
 use builddir_server::config::{Backing, Config, DEFAULT_CONFIG};
 use builddir_server::identity::Accounts;
 use builddir_server::layout::Layout;
@@ -118,6 +119,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     let root = mount::verify(&config.root)?;
     let layout = Layout::open(root)?;
     startup::lock_root(&layout).map_err(anyhow::Error::msg)?;
+    let mode = LeaseMode::decide(&config, &layout).map_err(anyhow::Error::msg)?;
     let std_listener = listener
         .listener
         .try_clone()
@@ -134,7 +136,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the socket")?;
-        let daemon = Arc::new(Daemon::new(config, layout, policy));
+        let daemon = Arc::new(Daemon::new(config, layout, policy, mode));
         let found = startup::recover(&daemon, resumed);
         let mut conn_id: u64 = 0;
         for (fd, ids) in found.connections {
@@ -159,6 +161,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         tracing::info!(
             root = %daemon.layout.root_path().display(),
             backing = daemon.config.backing.as_str(),
+            leases = daemon.mode.describe(&daemon.layout.root.fstype),
             live = found.live,
             resumed = conn_id,
             awaiting_reclaim = detached,

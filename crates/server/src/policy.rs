@@ -29,7 +29,8 @@ pub struct Policy {
     pub grants: Vec<Grant>,
 }
 
-fn range(key: &str, text: &str) -> Result<RangeInclusive<u32>, ConfigError> {
+/// Parses an id or an inclusive range of ids (`"30001-30032"`).
+pub(crate) fn id_range(key: &str, text: &str) -> Result<RangeInclusive<u32>, ConfigError> {
     let bad = || {
         ConfigError::Value(format!(
             "{key}: {text:?} is not an id or a range like \"30001-30032\""
@@ -98,10 +99,10 @@ impl Policy {
                 g.to_gids.insert(group(&key, n)?);
             }
             for r in uids {
-                g.owner_uids.push(range(&format!("{key}.uids"), r)?);
+                g.owner_uids.push(id_range(&format!("{key}.uids"), r)?);
             }
             for r in gids {
-                g.owner_gids.push(range(&format!("{key}.gids"), r)?);
+                g.owner_gids.push(id_range(&format!("{key}.gids"), r)?);
             }
             if g.to_uids.is_empty() && g.to_gids.is_empty() {
                 return Err(ConfigError::Value(format!(

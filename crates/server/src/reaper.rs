@@ -29,11 +29,21 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
         let started = Instant::now();
         let d = daemon.clone();
         let name = trash_name.clone();
+        let project = id.and_then(|id| daemon.leases().get(&id).and_then(|r| r.project_id));
         let report = tokio::task::spawn_blocking(move || {
             let name = CString::new(name).expect("trash names come from the daemon");
             let free_before = free_bytes(&d);
             detach_lease_tmpfs(&d, &name);
+            if let Some(project) = project {
+                log_if_project_full(&d, project, &name);
+            }
             let report = remove_tree(d.layout.trash.as_fd(), &name, Limits::default());
+            if report.complete {
+                // Still in the table, so no new lease can take the id yet.
+                if let Some(project) = project {
+                    crate::quota::clear_if_empty(d.layout.root.fd.as_fd(), project);
+                }
+            }
             let freed = free_bytes(&d).saturating_sub(free_before);
             d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
             report
@@ -107,6 +117,25 @@ fn finish(
 /// time), at the cost of two `statvfs` calls instead of one `statx` per file.
 fn free_bytes(daemon: &Daemon) -> u64 {
     rustix::fs::fstatvfs(&daemon.layout.root.fd).map_or(0, |v| v.f_bavail * v.f_frsize)
+}
+
+/// Logs that a `project-quota` lease used up its limit (its build saw
+/// EDQUOT or ENOSPC), as the tmpfs backend does.
+fn log_if_project_full(daemon: &Daemon, project: u32, name: &std::ffi::CStr) {
+    let Some(u) = crate::quota::usage(daemon.layout.root.fd.as_fd(), project) else {
+        return;
+    };
+    if crate::quota::at_limit(&u) {
+        tracing::warn!(
+            trash = %name.to_string_lossy(),
+            project_id = project,
+            used_bytes = u.bytes,
+            used_inodes = u.inodes,
+            limit_bytes = u.limit_bytes,
+            limit_inodes = u.limit_inodes,
+            "lease had reached its size limit (its build saw EDQUOT/ENOSPC)"
+        );
+    }
 }
 
 /// A tmpfs lease (`lease_backend = "tmpfs"`) is reaped by detaching its

@@ -39,9 +39,12 @@ pub struct LeaseMeta {
     pub created_unix: u64,
     /// The reclaim secret (hex). Only root can read this file.
     pub secret: String,
-    /// The build's size limit (tmpfs leases).
+    /// The build's size limit (sized leases).
     #[serde(default)]
     pub limit_bytes: Option<u64>,
+    /// The build's project id (`project-quota` leases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u32>,
 }
 
 /// Writes `meta` as `outer/lease.json` (must not exist yet).

@@ -186,6 +186,7 @@ fn from_meta(id: LeaseId, state: LeaseState, m: &registry::LeaseMeta) -> LeaseRe
         size_bytes: None,
         secret: m.secret.clone(),
         limit_bytes: m.limit_bytes,
+        project_id: m.project_id,
     }
 }
 
@@ -231,5 +232,6 @@ fn recovered(
         size_bytes: None,
         secret: String::new(),
         limit_bytes: None,
+        project_id: None,
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use builddir_proto::{ErrorKind, LeaseEntry, LeaseState};
 
+use crate::backend::LeaseMode;
 use crate::config::Config;
 use crate::layout::Layout;
 use crate::lease_id::LeaseId;
@@ -36,8 +37,10 @@ pub struct LeaseRecord {
     pub size_bytes: Option<u64>,
     /// The reclaim secret (live leases only).
     pub secret: String,
-    /// The build's size limit (tmpfs leases).
+    /// The build's size limit (sized leases).
     pub limit_bytes: Option<u64>,
+    /// The lease's project id (`project-quota` leases).
+    pub project_id: Option<u32>,
 }
 
 /// Monotonic counters for `status` (and later metrics).
@@ -103,10 +106,12 @@ pub struct Daemon {
     /// Bounds the number of trees deleted at once.
     pub reap_slots: Arc<Semaphore>,
     pub policy: Policy,
+    /// The lease backend, decided at start.
+    pub mode: LeaseMode,
 }
 
 impl Daemon {
-    pub fn new(config: Config, layout: Layout, policy: Policy) -> Daemon {
+    pub fn new(config: Config, layout: Layout, policy: Policy, mode: LeaseMode) -> Daemon {
         let config_reap = config.reap_concurrency;
         Daemon {
             config,
@@ -118,6 +123,7 @@ impl Daemon {
             last_reap_error: Mutex::new(None),
             reap_slots: Arc::new(Semaphore::new(config_reap)),
             policy,
+            mode,
         }
     }
 

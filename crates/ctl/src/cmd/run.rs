@@ -6,13 +6,14 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use builddir_client::Client;
+use builddir_client::{Client, SizeLimit};
 
 pub async fn run(
     socket: &Path,
     name: &str,
     keep_failed: bool,
     set_tmpdir: bool,
+    limit: Option<SizeLimit>,
     command: Vec<OsString>,
 ) -> Result<ExitCode> {
     let name = if name.is_empty() {
@@ -20,7 +21,11 @@ pub async fn run(
     } else {
         name.to_owned()
     };
-    let lease = Client::connect(socket).await?.allocate(&name).await?;
+    let client = Client::connect(socket).await?;
+    let lease = match limit {
+        Some(limit) => client.allocate_limited(&name, limit).await?,
+        None => client.allocate(&name).await?,
+    };
     // The daemon handed us the directory by fd; make sure the path we give
     // the command is that very directory before trusting it.
     if !lease.path_matches_dir() {

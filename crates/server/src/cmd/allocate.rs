@@ -1,11 +1,12 @@
 use builddir_proto::{
     validate_name, Allocated, ErrorKind, ErrorReply, LeaseState, Owner, Response, SizeLimit,
 };
+use std::os::fd::AsFd;
 use std::time::SystemTime;
 
 use super::{error, Reply, Session};
-use crate::allocate::allocate;
-use crate::config::LeaseBackend;
+use crate::allocate::{allocate, Sizing};
+use crate::backend::LeaseMode;
 use crate::registry::LeaseMeta;
 use crate::state::{Counters, LeaseRecord};
 
@@ -76,6 +77,14 @@ impl Session {
             Ok(s) => s,
             Err(e) => return error(ErrorKind::Internal, format!("getrandom: {e}")),
         };
+        let sizing = match self.sizing(limit) {
+            Ok(sizing) => sizing,
+            Err(e) => return (Response::Error(e), None),
+        };
+        let project_id = match sizing {
+            Sizing::Project(id) => Some(id),
+            _ => None,
+        };
         let created = SystemTime::now();
         let meta = |id: crate::lease_id::LeaseId| LeaseMeta {
             id: id.to_string(),
@@ -91,8 +100,15 @@ impl Session {
                 .map_or(0, |d| d.as_secs()),
             secret: secret.clone(),
             limit_bytes: limit.map(|l| l.bytes),
+            project_id,
         };
-        let lease = match allocate(&self.daemon.layout, owner.uid, owner.gid, limit, meta) {
+        let layout = &self.daemon.layout;
+        let result = allocate(layout, owner.uid, owner.gid, sizing, meta);
+        if let (Err(_), Some(id)) = (&result, project_id) {
+            // Nothing of the lease is left to charge: free the id's limits.
+            crate::quota::clear_if_empty(layout.root.fd.as_fd(), id);
+        }
+        let lease = match result {
             Ok(lease) => lease,
             Err(e) if e.is_no_space() => {
                 return error(
@@ -125,6 +141,7 @@ impl Session {
                 size_bytes: None,
                 secret: secret.clone(),
                 limit_bytes: limit.map(|l| l.bytes),
+                project_id,
             },
         );
         Counters::bump(&self.daemon.counters.allocations);
@@ -136,6 +153,8 @@ impl Session {
             owner_gid = owner.gid,
             name = %name,
             path = %path.display(),
+            limit_bytes = limit.map(|l| l.bytes),
+            project_id,
             "allocated"
         );
         let reply = Allocated {
@@ -185,16 +204,38 @@ impl Session {
 }
 
 impl Session {
-    /// The tmpfs size for this lease, with defaults and caps applied; a
-    /// refusal if the request cannot be honoured.
+    /// How this lease is bounded: a tmpfs of `limit`, or a project quota
+    /// (an id picked and given `limit` now).
+    fn sizing(&self, limit: Option<SizeLimit>) -> Result<Sizing, ErrorReply> {
+        let (Some(limit), LeaseMode::ProjectQuota(ids)) = (limit, &self.daemon.mode) else {
+            return Ok(limit.map_or(Sizing::Unbounded, Sizing::Tmpfs));
+        };
+        let daemon = &self.daemon;
+        let held = |id| daemon.leases().values().any(|r| r.project_id == Some(id));
+        match ids.assign(
+            daemon.layout.root.fd.as_fd(),
+            held,
+            limit.bytes,
+            limit.inodes,
+        ) {
+            Ok(id) => Ok(Sizing::Project(id)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot give a lease a project quota");
+                Err(ErrorReply::new(ErrorKind::Internal, e.to_string()))
+            }
+        }
+    }
+
+    /// The size for this lease, with defaults and caps applied; a refusal
+    /// if the request cannot be honoured.
     fn size_limit(&self, asked: Option<SizeLimit>) -> Result<Option<SizeLimit>, ErrorReply> {
         let c = &self.daemon.config;
-        if c.lease_backend == LeaseBackend::Dir {
+        if !self.daemon.mode.sized() {
             return match asked {
                 None => Ok(None),
                 Some(_) => Err(ErrorReply::new(
                     ErrorKind::BadRequest,
-                    "per-build size limits need lease_backend = \"tmpfs\"; this daemon runs lease_backend = \"dir\" (project quotas are not supported); allocate without a limit or ask the operator",
+                    self.daemon.mode.unsized_refusal(),
                 )),
             };
         }

@@ -1,4 +1,4 @@
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use builddir_proto::{ErrorKind, LeaseEntry, LeaseState, Response};
 use rustix::fs::{openat, Mode};
@@ -37,7 +37,7 @@ impl Session {
             rows = tokio::task::spawn_blocking(move || {
                 for row in &mut rows {
                     if let Some(id) = LeaseId::parse(&row.id) {
-                        row.size_bytes = tree_size(&daemon, id, row.state);
+                        row.size_bytes = lease_size(&daemon, id, row.state);
                     }
                 }
                 rows
@@ -47,6 +47,19 @@ impl Session {
         }
         (Response::Leases(rows), None)
     }
+}
+
+/// Bytes a live or kept lease uses: its project's usage as the kernel
+/// counts it (`project-quota` leases: what the limit is checked against,
+/// and O(1)), else by walking the tree.
+fn lease_size(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<u64> {
+    let project = daemon.leases().get(&id).and_then(|r| r.project_id);
+    if let (Some(project), LeaseState::Live | LeaseState::Kept) = (project, state) {
+        if let Some(u) = crate::quota::usage(daemon.layout.root.fd.as_fd(), project) {
+            return Some(u.bytes);
+        }
+    }
+    tree_size(daemon, id, state)
 }
 
 /// Bytes in a live or kept tree (by fd walk), `None` for other states.

@@ -26,10 +26,7 @@ pub fn status_report(daemon: &crate::state::Daemon) -> StatusReport {
             "{} ({}); leases: {}",
             daemon.config.backing.as_str(),
             root.fstype,
-            match daemon.config.lease_backend {
-                crate::config::LeaseBackend::Dir => "dir (no per-build size limit)",
-                crate::config::LeaseBackend::Tmpfs => "tmpfs (per-build size limits)",
-            }
+            daemon.mode.describe(&root.fstype)
         ),
         nosuid: flags.is_some_and(|f| f.nosuid),
         nodev: flags.is_some_and(|f| f.nodev),
