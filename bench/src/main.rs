@@ -486,8 +486,24 @@ fn run(args: Args) -> Result<usize> {
                 reap: want(Part::Reap),
                 cold_samples: if args.smoke { 2 } else { 9 },
                 cold_busy: std::time::Duration::from_millis(if args.smoke { 50 } else { 300 }),
+                tmpfs_leases: false,
             };
             trees::run(&mut report, &exe, &main_daemon, &cfg)?;
+            if want(Part::Reap) && !args.no_variants {
+                let o = DaemonOpts {
+                    config: format!("{BENCH_CONFIG}lease_backend = \"tmpfs\"\n"),
+                    ..opts.clone()
+                };
+                let (mut d, _) = Daemon::start(&o, scratch.sub("tmpfs-reap")?)?;
+                let cfg = trees::TreeCfg {
+                    shapes: vec![Shape::Wide],
+                    release: false,
+                    tmpfs_leases: true,
+                    ..cfg
+                };
+                trees::run(&mut report, &exe, &d, &cfg)?;
+                d.stop()?;
+            }
         }
         main_daemon.stop()?;
     }

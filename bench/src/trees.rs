@@ -60,6 +60,9 @@ pub struct TreeCfg {
     /// Cold SCM_RIGHTS round trips (after `cold_busy` of CPU work).
     pub cold_samples: usize,
     pub cold_busy: Duration,
+    /// The daemon runs `lease_backend = "tmpfs"`: reaping a lease is one
+    /// detach (the kernel frees the tmpfs), labelled as such.
+    pub tmpfs_leases: bool,
 }
 
 const DIR_OPEN: OFlags = OFlags::RDONLY
@@ -196,10 +199,11 @@ pub fn run(report: &mut Report, exe: &Path, daemon: &Daemon, cfg: &TreeCfg) -> R
                 rm_once(&rm_dir)?;
             }
         }
-        let label = if shape == Shape::Empty {
-            "empty".to_owned()
-        } else {
-            format!("{} {size}", shape.name())
+        let label = match (shape, cfg.tmpfs_leases) {
+            (Shape::Empty, false) => "empty".to_owned(),
+            (Shape::Empty, true) => "tmpfs lease, empty".to_owned(),
+            (_, false) => format!("{} {size}", shape.name()),
+            (_, true) => format!("tmpfs lease, {} {size}", shape.name()),
         };
         let params = json!({"shape": shape, "entries": size, "samples": samples,
             "tree_build_ms_median": Stats::of(&build_ms).median});
@@ -241,7 +245,11 @@ pub fn run(report: &mut Report, exe: &Path, daemon: &Daemon, cfg: &TreeCfg) -> R
         }
     }
     if cfg.reap {
-        report.section("3. reap time vs GNU rm -rf of an identical tree, same mount, same run");
+        report.section(if cfg.tmpfs_leases {
+            "3b. reap of tmpfs leases (one detach; the kernel frees the tmpfs) vs GNU rm -rf of an identical tree on the root mount"
+        } else {
+            "3. reap time vs GNU rm -rf of an identical tree, same mount, same run"
+        });
         for r in reaps {
             report.push(r);
         }
