@@ -292,6 +292,11 @@ fn project_quota_backend_refuses_to_start_where_quotas_are_not_enforced() {
         std::os::unix::net::UnixStream::connect(&d.socket).is_err(),
         "nothing may be served"
     );
+    // `builddird --check` finds the same thing before any start.
+    let out = d.command().arg("--check").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot enforce project quotas: ext4"), "{err}");
 }
 
 #[test]

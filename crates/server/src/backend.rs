@@ -9,7 +9,20 @@ use std::os::fd::AsFd;
 
 use crate::config::{Config, LeaseBackend};
 use crate::layout::Layout;
+use crate::mount::VerifiedRoot;
 use crate::quota::{self, ProjectIds};
+
+/// `Err`: the one line saying why `root` cannot run
+/// `lease_backend = "project-quota"`, and how to fix it.
+pub fn require_project_quota(root: &VerifiedRoot) -> Result<(), String> {
+    match quota::unavailable_reason(root.fd.as_fd(), &root.fstype) {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "lease_backend = \"project-quota\" but root {} cannot enforce project quotas: {why}; or use lease_backend = \"tmpfs\"",
+            root.path.display()
+        )),
+    }
+}
 
 /// The lease backend this daemon runs.
 #[derive(Debug)]
@@ -34,12 +47,7 @@ impl LeaseMode {
                 quota: quota::unavailable_reason(root.fd.as_fd(), &root.fstype),
             }),
             LeaseBackend::ProjectQuota => {
-                if let Some(why) = quota::unavailable_reason(root.fd.as_fd(), &root.fstype) {
-                    return Err(format!(
-                        "lease_backend = \"project-quota\" but root {} cannot enforce project quotas: {why}; or use lease_backend = \"tmpfs\"",
-                        root.path.display()
-                    ));
-                }
+                require_project_quota(root)?;
                 let range = config.project_id_range().map_err(|e| e.to_string())?;
                 Ok(LeaseMode::ProjectQuota(ProjectIds::new(range)))
             }

@@ -98,11 +98,15 @@ fn check(config: &Config) -> Result<()> {
     Policy::from_config(config, &Accounts::load())?;
     mount::check_no_symlinks(&config.root)?;
     if config.backing == Backing::External || mount::is_mount_point(&config.root).unwrap_or(false) {
-        mount::verify(&config.root)?;
+        let root = mount::verify(&config.root)?;
         println!(
             "ok: {} is a verified nosuid,nodev,exec mount",
             config.root.display()
         );
+        if config.lease_backend == builddir_server::config::LeaseBackend::ProjectQuota {
+            builddir_server::backend::require_project_quota(&root).map_err(anyhow::Error::msg)?;
+            println!("ok: {} enforces project quotas", config.root.display());
+        }
     } else {
         println!(
             "ok: configuration valid; {} will be mounted ({}) at start",
