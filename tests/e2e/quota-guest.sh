@@ -67,6 +67,8 @@ EOF
 stop() { kill "$(cat "$work/$1/pid")" 2>/dev/null; wait "$(cat "$work/$1/pid")" 2>/dev/null; }
 # as_build NAME ARGS...: builddir-ctl against NAME's daemon, as the build user.
 as_build() { local s=$work/$1/bd.sock; shift; "${build_user[@]}" "$ctl" --socket "$s" "$@"; }
+# has_our_limit REPQUOTA_OUTPUT KIB: a project in project_ids has that limit.
+has_our_limit() { grep "^#1[0-9]\{6\} " <<<"$1" | grep -qw "$2"; }
 used_kib() { df -k --output=used "$1" | tail -1 | tr -d ' '; }
 
 # ---------------------------------------------------- the scenario, per fs ---
@@ -116,6 +118,12 @@ runaway() {
     check "$fstype: while the lease was full the filesystem had grown by about the limit (+${grown} KiB)" \
         test -n "$used" -a "$grown" -le $(( limit / 1024 + 1024 )) -a "$grown" -ge $(( limit / 1024 - 1024 ))
 
+    # The kernel's own view of the neighbour, still live: a project of ours
+    # with an 8 MiB hard limit (so the "no limit left" check below can fail).
+    out=$(repquota -P -n "$dir/root" 2>&1)
+    check "$fstype: repquota shows a live lease's project with its 8192 KiB limit" \
+        has_our_limit "$out" 8192
+    grep '^#1[0-9]\{6\} ' <<<"$out" | diag
     touch "$dir/go"
     wait "$neighbour"
     check "$fstype: the neighbour lease still writes 4 MiB" grep -q NEIGHBOUR-OK "$dir/neighbour.out"
@@ -148,6 +156,11 @@ runaway() {
     done
     check "$fstype: every lease was released and reaped" \
         test "$($ctl --socket "$dir/bd.sock" --json list --all)" = "[]"
+    # ...and the kernel keeps no limit (nor usage) for any of our projects.
+    out=$(repquota -P -n "$dir/root" 2>&1)
+    check "$fstype: no project of ours keeps a limit after its lease is gone" \
+        test "$(grep -c '^#1[0-9]\{6\} ' <<<"$out")" = 0
+    grep '^#1[0-9]\{6\} ' <<<"$out" | diag
 }
 
 # survives_restart NAME: a held lease keeps its limit across kill -9.
@@ -155,12 +168,18 @@ survives_restart() {
     local name=$1 dir=$work/$1 out
     rm -f "$dir/go2"
     as_build "$name" run --name held -- sh -c \
-        "while [ ! -e $dir/go2 ]; do sleep 0.1; done; dd if=/dev/zero of=big bs=1M count=64 2>&1; echo rc=\$?" \
+        "lsattr -pd . > /tmp/held.project; while [ ! -e $dir/go2 ]; do sleep 0.1; done; dd if=/dev/zero of=big bs=1M count=64 2>&1; echo rc=\$?" \
         >"$dir/held.out" 2>&1 &
     local held=$!
     sleep 1
     kill -9 "$(cat "$dir/pid")"; wait "$(cat "$dir/pid")" 2>/dev/null
     check "ext4: the daemon restarts with a lease held" start "$name" project-quota
+    # A lease made after the restart must not get the held lease's project.
+    local p_held p_new
+    p_held=$(awk '{print $1}' /tmp/held.project)
+    p_new=$(as_build "$name" run -- lsattr -pd . | awk '{print $1}')
+    check "ext4: a new lease after the restart gets its own project ($p_new, held: $p_held)" \
+        test -n "$p_held" -a -n "$p_new" -a "$p_held" != "$p_new"
     touch "$dir/go2"
     wait "$held"
     out=$(cat "$dir/held.out")
