@@ -1,7 +1,8 @@
 //! Part 1: allocation round trip and sustained rate, builddird vs the floor.
 //!
-//! builddird, per operation: `Client::connect` (connect + handshake),
-//! `allocate` (request, reply with the fd) — the *alloc* figure, SPEC §8's
+//! builddird, per operation: `Client::connect` (connect, hello sent),
+//! `allocate` (request pipelined behind the hello; welcome, then the reply
+//! with the fd) — the *alloc* figure, SPEC §8's
 //! round trip — then `release` (request, reply) — the *cycle* figure, the
 //! issue's round trip — then the connection closes.
 //!
@@ -182,7 +183,8 @@ fn connect_only(rt: &Runtime, sock: &Path, n: usize) -> Result<Vec<f64>> {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             let t0 = Instant::now();
-            let client = Client::connect(sock).await?;
+            let mut client = Client::connect(sock).await?;
+            client.handshake().await?;
             v.push(us(t0.elapsed()));
             drop(client);
         }

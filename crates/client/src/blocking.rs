@@ -33,7 +33,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `socket` and performs the handshake.
+    /// Connects to `socket` and sends the handshake (its answer is read
+    /// with the first reply, see [`crate::Client::connect`]).
     pub fn connect(socket: impl AsRef<Path>) -> Result<Client, Error> {
         let rt = runtime()?;
         let inner = rt.block_on(crate::Client::connect(socket))?;

@@ -16,18 +16,34 @@ pub fn default_socket() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
-/// A connection to builddird, after the handshake.
+/// A connection to builddird.
+///
+/// The version handshake is pipelined: [`Client::connect`] sends the hello
+/// and returns, and the daemon's answer is read just before the reply to
+/// the first request, so a lease costs one round trip instead of two.
 #[derive(Debug)]
 pub struct Client {
     conn: Connection,
     socket: PathBuf,
-    server_version: String,
-    protocol_version: u32,
-    features: Vec<String>,
+    /// The daemon's welcome, once read.
+    server: Option<ServerInfo>,
+}
+
+/// What the daemon said about itself in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The daemon's version string.
+    pub server_version: String,
+    /// The protocol version both sides agreed on.
+    pub protocol_version: u32,
+    /// Features the daemon advertised.
+    pub features: Vec<String>,
 }
 
 impl Client {
-    /// Connects to `socket` and performs the version handshake.
+    /// Connects to `socket` and sends the version handshake. A daemon that
+    /// refuses it (version, policy) makes the first request fail with
+    /// [`Error::Refused`]; [`Client::handshake`] asks for the answer now.
     pub async fn connect(socket: impl AsRef<Path>) -> Result<Client, Error> {
         let path = socket.as_ref();
         let stream = UnixStream::connect(path)
@@ -39,22 +55,11 @@ impl Client {
         let mut conn = Connection::new(stream, FdPolicy::Accept);
         let client = concat!("builddir-client/", env!("CARGO_PKG_VERSION"));
         conn.write(&Hello::current(client), None).await?;
-        let reply: HelloReply = conn.expect().await?;
-        conn.discard_fds();
-        match reply {
-            HelloReply::Welcome {
-                version,
-                server_version,
-                features,
-            } => Ok(Client {
-                conn,
-                socket: path.to_owned(),
-                server_version,
-                protocol_version: version,
-                features,
-            }),
-            HelloReply::Refused(e) => Err(Error::Refused(e)),
-        }
+        Ok(Client {
+            conn,
+            socket: path.to_owned(),
+            server: None,
+        })
     }
 
     /// Connects to [`default_socket`].
@@ -62,24 +67,48 @@ impl Client {
         Client::connect(default_socket()).await
     }
 
-    /// The daemon's version string.
-    pub fn server_version(&self) -> &str {
-        &self.server_version
+    /// Reads the daemon's answer to the handshake (once; later calls
+    /// return what it said).
+    pub async fn handshake(&mut self) -> Result<&ServerInfo, Error> {
+        match self.server {
+            Some(ref info) => Ok(info),
+            None => {
+                // No fds are discarded here: with the hello pipelined, the
+                // next reply's descriptor may already sit in the queue.
+                let info = match self.conn.expect::<HelloReply>().await? {
+                    HelloReply::Welcome {
+                        version,
+                        server_version,
+                        features,
+                    } => ServerInfo {
+                        server_version,
+                        protocol_version: version,
+                        features,
+                    },
+                    HelloReply::Refused(e) => return Err(Error::Refused(e)),
+                };
+                Ok(self.server.insert(info))
+            }
+        }
     }
 
-    /// The protocol version both sides agreed on.
-    pub fn protocol_version(&self) -> u32 {
-        self.protocol_version
-    }
-
-    /// Features the daemon advertised.
-    pub fn features(&self) -> &[String] {
-        &self.features
+    /// What the daemon said in the handshake, if its answer was read yet
+    /// (after the first request, or [`Client::handshake`]).
+    pub fn server_info(&self) -> Option<&ServerInfo> {
+        self.server.as_ref()
     }
 
     /// Sends one request and reads its response; unclaimed fds are closed.
     pub(crate) async fn call(&mut self, request: &Request) -> Result<Response, Error> {
-        self.conn.write(request, None).await?;
+        if let Err(e) = self.conn.write(request, None).await {
+            // A daemon that refused the pipelined hello has closed the
+            // connection: its refusal, already sent, explains the failure.
+            if self.server.is_none() {
+                self.handshake().await?;
+            }
+            return Err(e.into());
+        }
+        self.handshake().await?;
         let response: Response = self.conn.expect().await?;
         match response {
             Response::Error(e) => {
@@ -133,9 +162,10 @@ impl Client {
     }
 
     /// Allocates a build directory with its own size limit: a build that
-    /// writes past it gets `ENOSPC` inside its tree, nothing else is
-    /// affected. Needs `lease_backend = "tmpfs"`; a limit above the
-    /// daemon's cap is `quota-exceeded`.
+    /// writes past it gets `ENOSPC` or `EDQUOT` inside its tree, nothing
+    /// else is affected. Needs `lease_backend = "tmpfs"` or
+    /// `"project-quota"` (else `bad-request`, saying why); a limit above
+    /// the daemon's cap is `quota-exceeded`.
     pub async fn allocate_limited(self, name: &str, limit: SizeLimit) -> Result<Lease, Error> {
         Lease::allocate(self, name, None, Some(limit)).await
     }

@@ -29,6 +29,6 @@ mod lease;
 pub use builddir_proto::{
     ErrorKind, ErrorReply, LeaseEntry, LeaseState, Owner, SizeLimit, StatusReport,
 };
-pub use client::{default_socket, Client};
+pub use client::{default_socket, Client, ServerInfo};
 pub use error::Error;
 pub use lease::Lease;

@@ -41,6 +41,10 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// Returns true if and only if `e` is a closed stdout (`| head`): not an error.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    // A broken pipe on the daemon's socket is a failure, not a closed stdout.
+    if e.chain().any(|c| c.is::<builddir_client::Error>()) {
+        return false;
+    }
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
@@ -150,6 +154,10 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(604_800));
         assert!(parse_duration("7w").is_err());
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn sizes() {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("512M"), Ok(512 << 20));
         assert_eq!(parse_size("8G"), Ok(8 << 30));
@@ -157,5 +165,17 @@ mod tests {
         assert!(parse_size("99999999999T")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn only_our_own_stdout_closing_is_a_quiet_broken_pipe() {
+        let stdout = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&stdout));
+        // The daemon's socket breaking is a failure to report.
+        let socket = anyhow::Error::new(builddir_client::Error::Io {
+            context: "writing to builddird",
+            source: io::Error::from(io::ErrorKind::BrokenPipe),
+        });
+        assert!(!is_broken_pipe(&socket));
     }
 }

@@ -183,7 +183,12 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         notify::ready(&daemon);
         notify::spawn_heartbeat(daemon.clone());
         builddir_server::retention::spawn_periodic(daemon.clone());
-        server::run(listener, daemon, conn_id, shutdown).await;
+        // The accept loop runs as a task on a worker, not on this thread:
+        // each new connection's task then starts on the same worker (tokio's
+        // LIFO slot) instead of waking another thread for every client.
+        tokio::spawn(server::run(listener, daemon, conn_id, shutdown))
+            .await
+            .context("the accept loop panicked")?;
         notify::stopping();
         tracing::info!("stopping");
         Ok(())
