@@ -357,7 +357,14 @@ fn reaper_vs_a_bind_mount_inside_the_tree() {
         err.contains("mount point") && err.contains("spool"),
         "{err}"
     );
-    assert!(d.log_text().contains("quarantine"), "{}", d.log_text());
+    // The warning follows the state change: wait for it, do not race it.
+    assert!(
+        eventually(Duration::from_secs(5), || d
+            .log_text()
+            .contains("quarantine")),
+        "{}",
+        d.log_text()
+    );
     let rows = d.list_all();
     assert_eq!(rows[0]["state"], "quarantined", "{rows:?}");
     assert_eq!(rows[0]["id"], id);

@@ -104,7 +104,11 @@ fn a_build_writing_past_its_limit_gets_enospc_and_nothing_else_is_affected() {
         status["backing"]
             .as_str()
             .unwrap()
-            .contains("leases: tmpfs"),
+            .contains(&format!(
+                "leases: tmpfs (per-build size limits: default {} bytes / 100000 inodes, at most {} / 200000)",
+                4 * MIB,
+                64 * MIB
+            )),
         "{status}"
     );
     drop(neighbour);
@@ -159,8 +163,10 @@ fn reaping_a_100000_file_tmpfs_lease_is_a_detach() {
     drop(dir);
     let path = lease.path().to_owned();
     rt.block_on(lease.release()).unwrap();
+    // The reaper logs after the tree is gone: wait for both.
     assert!(eventually(Duration::from_secs(10), || !path.exists()
-        && d.entries("trash").is_empty()));
+        && d.entries("trash").is_empty()
+        && d.log_text().contains("removed=")));
     let log = d.log_text();
     let line = log
         .lines()

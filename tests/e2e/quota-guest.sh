@@ -78,7 +78,7 @@ runaway() {
     check "$fstype: daemon starts with lease_backend = project-quota" start "$name" project-quota
     status=$($ctl --socket "$dir/bd.sock" --json status)
     check "$fstype: status reports the mode" \
-        contains "$status" "leases: project-quota (per-build size limits on $fstype"
+        contains "$status" "leases: project-quota (per-build size limits on $fstype: default $limit bytes / 1000 inodes, at most $cap / 100000"
 
     # A neighbour holds its lease while the runaway runs, then writes.
     rm -f "$dir/go"

@@ -60,15 +60,19 @@ impl LeaseMode {
     }
 
     /// What `status` and the start-up log say about leases.
-    pub fn describe(&self, fstype: &str) -> String {
+    pub fn describe(&self, fstype: &str, c: &Config) -> String {
+        let sizes = format!(
+            "default {} bytes / {} inodes, at most {} / {}",
+            c.lease_size_default, c.lease_inodes_default, c.lease_size_max, c.lease_inodes_max
+        );
         match self {
             LeaseMode::Dir { quota: Some(why) } => format!(
                 "dir (no per-build size limit; project quotas unavailable: {why})"
             ),
             LeaseMode::Dir { quota: None } => "dir (no per-build size limit; project quotas are available: set lease_backend = \"project-quota\")".to_owned(),
-            LeaseMode::Tmpfs => "tmpfs (per-build size limits)".to_owned(),
+            LeaseMode::Tmpfs => format!("tmpfs (per-build size limits: {sizes})"),
             LeaseMode::ProjectQuota(ids) => format!(
-                "project-quota (per-build size limits on {fstype}, project ids {}-{})",
+                "project-quota (per-build size limits on {fstype}: {sizes}; project ids {}-{})",
                 ids.range().start(),
                 ids.range().end()
             ),

@@ -40,4 +40,5 @@ pub mod server;
 pub mod startup;
 pub mod state;
 pub mod systemd_fds;
+pub mod trim;
 pub mod walk;

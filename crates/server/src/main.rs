@@ -142,6 +142,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
             .context("cannot register the socket")?;
         let daemon = Arc::new(Daemon::new(config, layout, policy, mode));
         let found = startup::recover(&daemon, resumed);
+        daemon.trimmer.grew(daemon.leases().len());
         let mut conn_id: u64 = 0;
         for (fd, ids) in found.connections {
             conn_id += 1;
@@ -165,7 +166,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         tracing::info!(
             root = %daemon.layout.root_path().display(),
             backing = daemon.config.backing.as_str(),
-            leases = daemon.mode.describe(&daemon.layout.root.fstype),
+            leases = daemon.mode.describe(&daemon.layout.root.fstype, &daemon.config),
             live = found.live,
             resumed = conn_id,
             awaiting_reclaim = detached,

@@ -74,7 +74,15 @@ fn finish(
     if report.complete {
         Counters::bump(&c.reaped_trees);
         if let Some(id) = id {
-            daemon.leases().remove(&id);
+            let left = {
+                let mut leases = daemon.leases();
+                leases.remove(&id);
+                leases.len()
+            };
+            if daemon.trimmer.shrank(left) {
+                daemon.leases().shrink_to_fit();
+                tokio::task::spawn_blocking(crate::trim::give_back);
+            }
         }
         tracing::info!(
             lease_id,

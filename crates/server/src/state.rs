@@ -108,6 +108,8 @@ pub struct Daemon {
     pub policy: Policy,
     /// The lease backend, decided at start.
     pub mode: LeaseMode,
+    /// When to give memory back after a burst of leases ends.
+    pub trimmer: crate::trim::Trimmer,
 }
 
 impl Daemon {
@@ -124,6 +126,7 @@ impl Daemon {
             reap_slots: Arc::new(Semaphore::new(config_reap)),
             policy,
             mode,
+            trimmer: crate::trim::Trimmer::default(),
         }
     }
 

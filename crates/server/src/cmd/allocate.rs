@@ -125,25 +125,30 @@ impl Session {
             }
         };
         let path = self.daemon.layout.lease_path(lease.id);
-        self.daemon.leases().insert(
-            lease.id,
-            LeaseRecord {
-                id: lease.id,
-                name: name.clone(),
-                state: LeaseState::Live,
-                owner_uid: owner.uid,
-                owner_gid: owner.gid,
-                peer: peer.clone(),
-                conn: self.conn_id,
-                created,
-                trash_name: None,
-                kept_at: None,
-                size_bytes: None,
-                secret: secret.clone(),
-                limit_bytes: limit.map(|l| l.bytes),
-                project_id,
-            },
-        );
+        let count = {
+            let mut leases = self.daemon.leases();
+            leases.insert(
+                lease.id,
+                LeaseRecord {
+                    id: lease.id,
+                    name: name.clone(),
+                    state: LeaseState::Live,
+                    owner_uid: owner.uid,
+                    owner_gid: owner.gid,
+                    peer: peer.clone(),
+                    conn: self.conn_id,
+                    created,
+                    trash_name: None,
+                    kept_at: None,
+                    size_bytes: None,
+                    secret: secret.clone(),
+                    limit_bytes: limit.map(|l| l.bytes),
+                    project_id,
+                },
+            );
+            leases.len()
+        };
+        self.daemon.trimmer.grew(count);
         Counters::bump(&self.daemon.counters.allocations);
         tracing::info!(
             lease_id = %lease.id,
