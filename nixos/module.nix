@@ -211,6 +211,8 @@ in
         SystemCallArchitectures = "native";
         SystemCallFilter = [
           "@system-service @mount"
+          # lease_backend = "project-quota" sets limits with it (on the root's fd).
+          "quotactl_fd"
           "~@setuid @resources @keyring @memlock @clock @module @raw-io @reboot @swap @cpu-emulation @debug @obsolete"
           "~chroot pivot_root open_by_handle_at bpf acct quotactl fanotify_init fanotify_mark userfaultfd"
         ];

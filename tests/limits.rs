@@ -294,10 +294,6 @@ fn project_quota_backend_refuses_to_start_where_quotas_are_not_enforced() {
             && last.contains("prjquota"),
         "{err}"
     );
-    assert!(
-        std::os::unix::net::UnixStream::connect(&d.socket).is_err(),
-        "nothing may be served"
-    );
     // `builddird --check` finds the same thing before any start.
     let out = d.command().arg("--check").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -334,7 +330,7 @@ fn a_dir_backend_says_why_project_quotas_are_unavailable_and_refuses_sizes() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("bad-request") || stderr.contains("project quotas unavailable"),
+        stderr.contains("bad-request") && stderr.contains("project quotas unavailable"),
         "{stderr}"
     );
     // Unsized leases still work on that filesystem.

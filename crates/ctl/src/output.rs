@@ -93,10 +93,11 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
     )
 }
 
-/// Parses a size: bytes, or with a binary suffix K, M, G or T ("512M").
+/// Parses a size: bytes, or with a binary suffix K, M, G or T in either
+/// case ("512M", "8g").
 pub fn parse_size(text: &str) -> Result<u64, String> {
     scaled(
-        text,
+        &text.to_ascii_uppercase(),
         &[
             ("", 1),
             ("K", 1 << 10),
@@ -161,6 +162,7 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("512M"), Ok(512 << 20));
         assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
         assert!(parse_size("8X").unwrap_err().contains("use K, M, G, T"));
         assert!(parse_size("99999999999T")
             .unwrap_err()

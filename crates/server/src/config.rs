@@ -64,6 +64,9 @@ impl LeaseBackend {
     }
 }
 
+/// The largest `lease_size_max` / `lease_inodes_max` (2^62).
+pub const MAX_LEASE_SIZE: u64 = 1 << 62;
+
 /// The validated configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -281,6 +284,32 @@ impl Config {
                 self.lease_inodes_default, self.lease_inodes_max
             )));
         }
+        if self.lease_backend != LeaseBackend::Dir {
+            // 0 means "no limit" to tmpfs and to the quota calls alike.
+            for (key, value) in [
+                ("lease_size_default", self.lease_size_default),
+                ("lease_inodes_default", self.lease_inodes_default),
+            ] {
+                if value == 0 {
+                    return Err(ConfigError::Value(format!(
+                        "{key} = 0 would mean no limit for lease_backend = \"{}\": set a size",
+                        self.lease_backend.as_str()
+                    )));
+                }
+            }
+        }
+        // Beyond this, sizes wrap in the kernel's quota arithmetic (a
+        // limit that wraps to 0 is no limit).
+        for (key, value) in [
+            ("lease_size_max", self.lease_size_max),
+            ("lease_inodes_max", self.lease_inodes_max),
+        ] {
+            if value > MAX_LEASE_SIZE {
+                return Err(ConfigError::Value(format!(
+                    "{key} = {value} is above {MAX_LEASE_SIZE} (2^62), the largest limit the kernel keeps exactly"
+                )));
+            }
+        }
         self.project_id_range()?;
         Ok(())
     }
@@ -288,9 +317,9 @@ impl Config {
     /// `project_ids` as a range of ids (never project 0, the default).
     pub fn project_id_range(&self) -> Result<std::ops::RangeInclusive<u32>, ConfigError> {
         let range = crate::policy::id_range("project_ids", &self.project_ids)?;
-        if *range.start() == 0 || range.is_empty() {
+        if *range.start() == 0 || *range.end() == u32::MAX || range.is_empty() {
             return Err(ConfigError::Value(format!(
-                "project_ids = {:?}: must be a non-empty range that excludes 0, like \"1000000-1999999\"",
+                "project_ids = {:?}: must be a non-empty range that excludes 0 and 4294967295, like \"1000000-1999999\"",
                 self.project_ids
             )));
         }
@@ -360,6 +389,41 @@ mod tests {
         assert!(err.contains("max_leases"), "{err}");
         let err = parse("root = \"relative\"").unwrap_err().to_string();
         assert!(err.contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn sized_backends_refuse_limits_that_mean_no_limit() {
+        for backend in ["tmpfs", "project-quota"] {
+            let err = parse(&format!(
+                "lease_backend = \"{backend}\"\nlease_size_default = 0\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("lease_size_default = 0 would mean no limit"),
+                "{err}"
+            );
+            let err = parse(&format!(
+                "lease_backend = \"{backend}\"\nlease_inodes_default = 0\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("lease_inodes_default = 0"), "{err}");
+        }
+        assert!(
+            parse("lease_size_default = 0\n").is_ok(),
+            "dir leases ignore it"
+        );
+        let err = parse("lease_size_max = 18446744073709551615\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("above 4611686018427387904 (2^62)"), "{err}");
+        let err = parse("project_ids = \"5-4294967295\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("excludes 0 and 4294967295"), "{err}");
+        assert!(parse("project_ids = \"0-10\"\n").is_err());
+        assert!(parse("project_ids = \"10-20\"\n").is_ok());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use builddir_proto::LeaseState;
 
+use crate::backend::LeaseMode;
 use crate::lease_id::LeaseId;
 use crate::rmtree::{remove_tree, Limits, Report};
 use crate::state::{Counters, Daemon};
@@ -34,15 +35,22 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
             let name = CString::new(name).expect("trash names come from the daemon");
             let free_before = free_bytes(&d);
             detach_lease_tmpfs(&d, &name);
+            // A tree without a record (found at start) names its project
+            // in its own lease.json, which the walk is about to delete.
+            let project = project.or_else(|| project_on_disk(&d, &name));
             if let Some(project) = project {
                 log_if_project_full(&d, project, &name);
             }
             let report = remove_tree(d.layout.trash.as_fd(), &name, Limits::default());
-            if report.complete {
-                // Still in the table, so no new lease can take the id yet.
-                if let Some(project) = project {
-                    crate::quota::clear_if_empty(d.layout.root.fd.as_fd(), project);
-                }
+            if let (true, Some(project), LeaseMode::ProjectQuota(ids)) =
+                (report.complete, project, &d.mode)
+            {
+                let others = |p| {
+                    d.leases()
+                        .values()
+                        .any(|r| r.project_id == Some(p) && Some(r.id) != id)
+                };
+                ids.clear_after_reap(d.layout.root.fd.as_fd(), project, others);
             }
             let freed = free_bytes(&d).saturating_sub(free_before);
             d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
@@ -125,6 +133,18 @@ fn finish(
 /// time), at the cost of two `statvfs` calls instead of one `statx` per file.
 fn free_bytes(daemon: &Daemon) -> u64 {
     rustix::fs::fstatvfs(&daemon.layout.root.fd).map_or(0, |v| v.f_bavail * v.f_frsize)
+}
+
+/// The project id recorded in `trash/<name>/lease.json`, if any.
+fn project_on_disk(daemon: &Daemon, name: &std::ffi::CStr) -> Option<u32> {
+    let outer = rustix::fs::openat(
+        daemon.layout.trash.as_fd(),
+        name,
+        crate::layout::DIR_OPEN,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    crate::registry::read(outer.as_fd())?.project_id
 }
 
 /// Logs that a `project-quota` lease used up its limit (its build saw

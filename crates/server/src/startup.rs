@@ -113,9 +113,20 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
             continue;
         };
         let (uid, gid) = owner_of_build(layout.kept.as_fd(), name).unwrap_or((0, 0));
-        daemon
-            .leases()
-            .insert(id, recovered(id, LeaseState::Kept, uid, gid, None));
+        let mut record = recovered(id, LeaseState::Kept, uid, gid, None);
+        // Its record still names its size limit and project.
+        if let Ok(outer) = openat(
+            layout.kept.as_fd(),
+            name.as_c_str(),
+            DIR_OPEN,
+            Mode::empty(),
+        ) {
+            if let Some(m) = crate::registry::read(outer.as_fd()) {
+                record.limit_bytes = m.limit_bytes;
+                record.project_id = m.project_id;
+            }
+        }
+        daemon.leases().insert(id, record);
     }
     let trash = names_in(layout.trash.as_fd());
     for name in &trash {

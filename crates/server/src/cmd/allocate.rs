@@ -104,9 +104,11 @@ impl Session {
         };
         let layout = &self.daemon.layout;
         let result = allocate(layout, owner.uid, owner.gid, sizing, meta);
-        if let (Err(_), Some(id)) = (&result, project_id) {
-            // Nothing of the lease is left to charge: free the id's limits.
-            crate::quota::clear_if_empty(layout.root.fd.as_fd(), id);
+        if let (LeaseMode::ProjectQuota(ids), Some(id)) = (&self.daemon.mode, project_id) {
+            if result.is_err() {
+                // Nothing of the lease is left to charge: free the id.
+                ids.abandon(layout.root.fd.as_fd(), id);
+            }
         }
         let lease = match result {
             Ok(lease) => lease,
@@ -149,6 +151,9 @@ impl Session {
             leases.len()
         };
         self.daemon.trimmer.grew(count);
+        if let (LeaseMode::ProjectQuota(ids), Some(id)) = (&self.daemon.mode, project_id) {
+            ids.settle(id); // the table holds it now
+        }
         Counters::bump(&self.daemon.counters.allocations);
         tracing::info!(
             lease_id = %lease.id,
@@ -212,22 +217,32 @@ impl Session {
     /// How this lease is bounded: a tmpfs of `limit`, or a project quota
     /// (an id picked and given `limit` now).
     fn sizing(&self, limit: Option<SizeLimit>) -> Result<Sizing, ErrorReply> {
-        let (Some(limit), LeaseMode::ProjectQuota(ids)) = (limit, &self.daemon.mode) else {
-            return Ok(limit.map_or(Sizing::Unbounded, Sizing::Tmpfs));
-        };
         let daemon = &self.daemon;
-        let held = |id| daemon.leases().values().any(|r| r.project_id == Some(id));
-        match ids.assign(
-            daemon.layout.root.fd.as_fd(),
-            held,
-            limit.bytes,
-            limit.inodes,
-        ) {
-            Ok(id) => Ok(Sizing::Project(id)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot give a lease a project quota");
-                Err(ErrorReply::new(ErrorKind::Internal, e.to_string()))
+        match (&daemon.mode, limit) {
+            (LeaseMode::Dir { .. }, None) => Ok(Sizing::Unbounded),
+            (LeaseMode::Tmpfs, Some(limit)) => Ok(Sizing::Tmpfs(limit)),
+            (LeaseMode::ProjectQuota(ids), Some(limit)) => {
+                let held = |id| daemon.leases().values().any(|r| r.project_id == Some(id));
+                let fs = daemon.layout.root.fd.as_fd();
+                match ids.assign(fs, held, limit.bytes, limit.inodes) {
+                    Ok(id) => Ok(Sizing::Project(id)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot give a lease a project quota");
+                        let kind = match e {
+                            crate::quota::AssignError::Exhausted { .. } => ErrorKind::QuotaExceeded,
+                            _ => ErrorKind::Internal,
+                        };
+                        Err(ErrorReply::new(kind, e.to_string()))
+                    }
+                }
             }
+            // `size_limit` gives every sized backend a limit and refuses
+            // one on `dir`; anything else is a bug, refused, not served.
+            (LeaseMode::Dir { .. }, Some(_))
+            | (LeaseMode::Tmpfs | LeaseMode::ProjectQuota(_), None) => Err(ErrorReply::new(
+                ErrorKind::Internal,
+                "lease sizing does not match the lease backend; please report this",
+            )),
         }
     }
 

@@ -19,16 +19,34 @@
 
 pub mod sys;
 
+use std::collections::HashSet;
 use std::ops::RangeInclusive;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use rustix::io::Errno;
 
 pub use sys::{ProjectState, ProjectUsage};
 
-/// Why project quotas cannot be used on a root; every text names the fix.
-pub fn unavailable_reason(fs: BorrowedFd<'_>, fstype: &str) -> Option<String> {
+/// Why project quotas cannot be used on the root `root` (a directory fd);
+/// every text names the fix. Beyond the kernel's quota state, setting the
+/// root's own project id again (a no-op) shows whether the filesystem can
+/// set project ids at all (ext4 cannot with 128-byte inodes).
+pub fn unavailable_reason(root: BorrowedFd<'_>, fstype: &str) -> Option<String> {
+    let why = state_reason(root, fstype);
+    if why.is_some() {
+        return why;
+    }
+    match sys::reapply_project(root) {
+        Ok(()) => None,
+        Err(e) => Some(format!(
+            "{fstype} cannot set project ids here (FS_IOC_FSSETXATTR: {e}); for ext4 the inodes must be larger than 128 bytes (mkfs.ext4 -I 256)"
+        )),
+    }
+}
+
+fn state_reason(fs: BorrowedFd<'_>, fstype: &str) -> Option<String> {
     match sys::project_state(fs) {
         Ok(ProjectState {
             accounting: true,
@@ -43,8 +61,12 @@ pub fn unavailable_reason(fs: BorrowedFd<'_>, fstype: &str) -> Option<String> {
         Ok(_) => Some(format!(
             "{fstype} does not account project quotas: for ext4 run `tune2fs -O quota,project` on the unmounted filesystem (or mkfs.ext4 -O quota,project) and mount with -o prjquota; for XFS mount with -o prjquota"
         )),
+        // Q_XGETQSTATV needs no capability: EPERM is a seccomp filter.
         Err(Errno::PERM) => Some(
-            "quotactl_fd was refused (EPERM): the daemon needs CAP_SYS_ADMIN and quotactl_fd allowed by its SystemCallFilter".to_owned(),
+            "quotactl_fd was refused (EPERM) by a system call filter: allow it (the shipped unit has SystemCallFilter=quotactl_fd)".to_owned(),
+        ),
+        Err(Errno::NOSYS) if !sys::quotactl_fd_exists() => Some(
+            "this kernel has no quotactl_fd (Linux 5.14 or later is needed)".to_owned(),
         ),
         Err(e) => Some(format!(
             "{fstype} has no project quota support here (quotactl_fd: {e}): use ext4 made with -O quota,project (or `tune2fs -O quota,project` on the unmounted filesystem) or XFS, mounted with -o prjquota, on a kernel with CONFIG_QFMT_V2 (ext4) or CONFIG_XFS_QUOTA"
@@ -53,17 +75,25 @@ pub fn unavailable_reason(fs: BorrowedFd<'_>, fstype: &str) -> Option<String> {
 }
 
 /// Hands out project ids from the configured range, round-robin.
+///
+/// Every decision about an id — handing it out, giving it up after a failed
+/// allocation, clearing its limits after a reap — is taken under one lock,
+/// against three sources: ids reserved by allocations in flight, ids the
+/// lease table holds, and what the kernel charges to the id. So two leases
+/// never share an id, and a live lease's limits are never cleared.
 #[derive(Debug)]
 pub struct ProjectIds {
     range: RangeInclusive<u32>,
     next: AtomicU32,
+    /// Ids handed out whose lease is not in the table yet.
+    reserved: Mutex<HashSet<u32>>,
 }
 
 /// No free project id, or the kernel refused one.
 #[derive(Debug, thiserror::Error)]
 pub enum AssignError {
-    #[error("every project id in project_ids = {first}-{last} is in use; widen project_ids")]
-    Exhausted { first: u32, last: u32 },
+    #[error("no free project id among the {checked} checked in project_ids = {first}-{last} (each is held by a lease or charged with files); widen project_ids or free kept trees")]
+    Exhausted { first: u32, last: u32, checked: u64 },
     #[error("reading the usage of project {id}: {source}")]
     Usage {
         id: u32,
@@ -76,6 +106,14 @@ pub enum AssignError {
         #[source]
         source: Errno,
     },
+    #[error("the kernel did not keep the limits of project {id} (asked {bytes} bytes / {inodes} inodes, has {kept_bytes} / {kept_inodes}); lower lease_size_max")]
+    NotKept {
+        id: u32,
+        bytes: u64,
+        inodes: u64,
+        kept_bytes: u64,
+        kept_inodes: u64,
+    },
 }
 
 impl ProjectIds {
@@ -84,6 +122,7 @@ impl ProjectIds {
         ProjectIds {
             range,
             next: AtomicU32::new(first),
+            reserved: Mutex::new(HashSet::new()),
         }
     }
 
@@ -91,11 +130,14 @@ impl ProjectIds {
         &self.range
     }
 
-    /// Picks an id that `held` does not claim and to which the kernel
-    /// charges nothing, and gives it these hard limits.
-    ///
-    /// Concurrent callers get distinct candidates (one atomic counter), so
-    /// two allocations cannot pick the same id before either charges it.
+    fn reserved(&self) -> MutexGuard<'_, HashSet<u32>> {
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Picks an id that no allocation in flight reserved, that `held` (the
+    /// lease table) does not claim and to which the kernel charges nothing;
+    /// gives it these hard limits, checks the kernel kept them, and
+    /// reserves it until [`ProjectIds::settle`] or [`ProjectIds::abandon`].
     pub fn assign(
         &self,
         fs: BorrowedFd<'_>,
@@ -105,14 +147,16 @@ impl ProjectIds {
     ) -> Result<u32, AssignError> {
         let (first, last) = (*self.range.start(), *self.range.end());
         let span = u64::from(last - first) + 1;
-        // Bounded: a full lap of the range, then give up.
-        for _ in 0..span.min(1 << 20) {
+        let mut reserved = self.reserved();
+        // Bounded: at most a full lap of the range (or 2^20 ids).
+        let checked = span.min(1 << 20);
+        for _ in 0..checked {
             let offset = self
                 .next
                 .fetch_add(1, Ordering::Relaxed)
                 .wrapping_sub(first);
             let id = first + (u64::from(offset) % span) as u32;
-            if held(id) {
+            if reserved.contains(&id) || held(id) {
                 continue;
             }
             let usage =
@@ -122,9 +166,65 @@ impl ProjectIds {
             }
             sys::set_project_limits(fs, id, bytes, inodes)
                 .map_err(|source| AssignError::Limits { id, source })?;
+            // Fail closed: a limit the kernel rounded to 0 (or wrapped)
+            // would be no limit at all.
+            let kept =
+                sys::project_usage(fs, id).map_err(|source| AssignError::Usage { id, source })?;
+            let want_bytes = bytes.div_ceil(sys::QUOTA_BLOCK) * sys::QUOTA_BLOCK;
+            if kept.limit_bytes != want_bytes
+                || kept.limit_inodes != inodes
+                || inodes == 0
+                || bytes == 0
+            {
+                let _ = sys::set_project_limits(fs, id, 0, 0);
+                return Err(AssignError::NotKept {
+                    id,
+                    bytes,
+                    inodes,
+                    kept_bytes: kept.limit_bytes,
+                    kept_inodes: kept.limit_inodes,
+                });
+            }
+            reserved.insert(id);
             return Ok(id);
         }
-        Err(AssignError::Exhausted { first, last })
+        Err(AssignError::Exhausted {
+            first,
+            last,
+            checked,
+        })
+    }
+
+    /// The lease with `id` is in the table now, which holds the id from
+    /// here on.
+    pub fn settle(&self, id: u32) {
+        self.reserved().remove(&id);
+    }
+
+    /// The allocation that reserved `id` failed: clear its limits (nothing
+    /// of the lease is charged to it any more) and free it.
+    pub fn abandon(&self, fs: BorrowedFd<'_>, id: u32) {
+        let mut reserved = self.reserved();
+        clear_if_empty(fs, id);
+        reserved.remove(&id);
+    }
+
+    /// A reaped tree's project: clear its limits unless an allocation in
+    /// flight reserved it or `held_by_others` (another lease) claims it.
+    pub fn clear_after_reap(
+        &self,
+        fs: BorrowedFd<'_>,
+        id: u32,
+        held_by_others: impl Fn(u32) -> bool,
+    ) {
+        if !self.range.contains(&id) {
+            return; // never ours
+        }
+        let reserved = self.reserved();
+        if reserved.contains(&id) || held_by_others(id) {
+            return;
+        }
+        clear_if_empty(fs, id);
     }
 }
 
@@ -134,15 +234,17 @@ pub fn usage(fs: BorrowedFd<'_>, id: u32) -> Option<ProjectUsage> {
 }
 
 /// Returns true if and only if the project has (all but) used up a limit:
-/// within 64 KiB of its block limit (the write that failed may have left
-/// less than one block unused) or at its inode limit.
+/// within 64 KiB (or an eighth of the limit, if less) of its block limit —
+/// the write that failed may have left less than a block unused — or at
+/// its inode limit.
 pub fn at_limit(u: &ProjectUsage) -> bool {
-    (u.limit_bytes != 0 && u.bytes.saturating_add(64 << 10) >= u.limit_bytes)
+    let slack = (64 << 10).min(u.limit_bytes / 8);
+    (u.limit_bytes != 0 && u.bytes.saturating_add(slack) >= u.limit_bytes)
         || (u.limit_inodes != 0 && u.inodes >= u.limit_inodes)
 }
 
-/// Clears the limits of project `id` once nothing is charged to it.
-pub fn clear_if_empty(fs: BorrowedFd<'_>, id: u32) {
+/// Clears the limits of project `id` if nothing is charged to it.
+fn clear_if_empty(fs: BorrowedFd<'_>, id: u32) {
     match sys::project_usage(fs, id) {
         Ok(u) if u.inodes == 0 && u.bytes == 0 => {
             if let Err(e) = sys::set_project_limits(fs, id, 0, 0) {

@@ -75,6 +75,7 @@ struct FsXattr {
 // values, so it must not compile.
 const _: () = assert!(std::mem::size_of::<FsQuotaStatv>() == 160);
 const _: () = assert!(std::mem::size_of::<FsXattr>() == 28);
+#[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<libc::dqblk>() == 72);
 
 const FS_IOC_FSGETXATTR: rustix::ioctl::Opcode = opcode::read::<FsXattr>(b'X', 31);
@@ -91,7 +92,9 @@ unsafe fn quotactl_prj(
     id: u32,
     addr: *mut libc::c_void,
 ) -> Result<(), Errno> {
-    let qcmd = libc::QCMD(cmd, PRJQUOTA);
+    // The kernel takes the command as an unsigned int: pass its bits, not
+    // a sign-extended negative number.
+    let qcmd = libc::QCMD(cmd, PRJQUOTA) as u32;
     // SAFETY: `fs` is a borrowed, open fd for the duration of the call;
     // the caller guarantees `addr`; the syscall takes exactly these four
     // arguments and returns 0 or -1 with errno.
@@ -107,10 +110,29 @@ unsafe fn quotactl_prj(
     if rc == 0 {
         Ok(())
     } else {
-        Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-        ))
+        Err(last_errno())
     }
+}
+
+fn last_errno() -> Errno {
+    Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO)
+}
+
+/// Returns true if and only if the kernel has `quotactl_fd` (Linux 5.14):
+/// on a closed fd it fails with `EBADF`, where a missing call is `ENOSYS`.
+pub fn quotactl_fd_exists() -> bool {
+    // SAFETY: fd -1 is never open and `addr` is null: the kernel rejects
+    // the call before it could touch memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_quotactl_fd,
+            -1 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    rc == 0 || last_errno() != Errno::NOSYS
 }
 
 /// Project quota state of the filesystem holding `fs`.
@@ -194,22 +216,24 @@ fn zeroed_dqblk() -> libc::dqblk {
     }
 }
 
-/// The project id of the inode `fd` is open on.
-pub fn project_of(fd: BorrowedFd<'_>) -> Result<u32, Errno> {
+/// Sets the project of `dir` to what it already is: changes nothing, and
+/// fails exactly where the filesystem cannot set project ids.
+pub fn reapply_project(dir: BorrowedFd<'_>) -> Result<(), Errno> {
     // SAFETY: FS_IOC_FSGETXATTR writes exactly one `struct fsxattr`, which
     // is what the opcode is built from and what `Getter` allocates.
-    let attr = unsafe { ioctl(fd, Getter::<FS_IOC_FSGETXATTR, FsXattr>::new())? };
-    Ok(attr.projid)
+    let attr = unsafe { ioctl(dir, Getter::<FS_IOC_FSGETXATTR, FsXattr>::new())? };
+    // SAFETY: FS_IOC_FSSETXATTR reads exactly one `struct fsxattr`, the
+    // type the opcode is built from.
+    unsafe { ioctl(dir, Setter::<FS_IOC_FSSETXATTR, FsXattr>::new(attr)) }
 }
 
 /// Puts directory `dir` in project `id`, with inheritance: everything
 /// created below it is charged to `id` too.
 pub fn set_project(dir: BorrowedFd<'_>, id: u32) -> Result<(), Errno> {
-    // SAFETY: as in `project_of`.
+    // SAFETY: as in `reapply_project`.
     let mut attr = unsafe { ioctl(dir, Getter::<FS_IOC_FSGETXATTR, FsXattr>::new())? };
     attr.projid = id;
     attr.xflags |= FS_XFLAG_PROJINHERIT;
-    // SAFETY: FS_IOC_FSSETXATTR reads exactly one `struct fsxattr`, the
-    // type the opcode is built from.
+    // SAFETY: as in `reapply_project`.
     unsafe { ioctl(dir, Setter::<FS_IOC_FSSETXATTR, FsXattr>::new(attr)) }
 }
