@@ -201,11 +201,11 @@ impl ProjectIds {
         self.reserved().remove(&id);
     }
 
-    /// The allocation that reserved `id` failed: clear its limits (nothing
-    /// of the lease is charged to it any more) and free it.
+    /// The allocation that reserved `id` failed: clear its limits and
+    /// free it.
     pub fn abandon(&self, fs: BorrowedFd<'_>, id: u32) {
         let mut reserved = self.reserved();
-        clear_if_empty(fs, id);
+        clear(fs, id);
         reserved.remove(&id);
     }
 
@@ -224,7 +224,7 @@ impl ProjectIds {
         if reserved.contains(&id) || held_by_others(id) {
             return;
         }
-        clear_if_empty(fs, id);
+        clear(fs, id);
     }
 }
 
@@ -243,15 +243,13 @@ pub fn at_limit(u: &ProjectUsage) -> bool {
         || (u.limit_inodes != 0 && u.inodes >= u.limit_inodes)
 }
 
-/// Clears the limits of project `id` if nothing is charged to it.
-fn clear_if_empty(fs: BorrowedFd<'_>, id: u32) {
-    match sys::project_usage(fs, id) {
-        Ok(u) if u.inodes == 0 && u.bytes == 0 => {
-            if let Err(e) = sys::set_project_limits(fs, id, 0, 0) {
-                tracing::warn!(project_id = id, error = %e, "cannot clear a project's limits");
-            }
-        }
-        _ => {}
+/// Clears the limits of project `id`. Only for an id no lease holds: the
+/// limit belonged to a lease that is gone. Usage may still show for a
+/// moment (XFS frees unlinked inodes in the background), so it is not
+/// waited for; [`ProjectIds::assign`] skips an id until it is zero.
+fn clear(fs: BorrowedFd<'_>, id: u32) {
+    if let Err(e) = sys::set_project_limits(fs, id, 0, 0) {
+        tracing::warn!(project_id = id, error = %e, "cannot clear a project's limits");
     }
 }
 
