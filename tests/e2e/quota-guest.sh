@@ -19,11 +19,8 @@ MIB=$((1 << 20))
 limit=$((8 * MIB))
 cap=$((64 * MIB))
 
-n=0 passed=0 failed=0
-ok()     { n=$((n + 1)); passed=$((passed + 1)); echo "ok $n - $*"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
-check() { local d=$1; shift; if "$@"; then ok "$d"; else not_ok "$d"; fi; }
-diag() { sed 's/^/#   /'; }
+# shellcheck source=tests/e2e/lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 contains() { grep -qF -- "$2" <<<"$1"; }
 
 rm -rf "$work" && mkdir -p "$work" && chmod 755 "$work"
@@ -317,5 +314,4 @@ else
 fi
 
 for d in "$work"/*/root; do umount -l "$d" 2>/dev/null; done
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary

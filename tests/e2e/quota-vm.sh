@@ -18,8 +18,9 @@
 #   BUILDDIR_BIN_DIR          where builddird and builddir-ctl are
 #                             (default: <repo>/target/release)
 #   BUILDDIR_QUOTA_GUEST      the guest script (default: GUEST_SCRIPT, else
-#                             <repo>/tests/e2e/quota-guest.sh); installed as
-#                             /usr/local/bin/quota-guest and run as root
+#                             <repo>/tests/e2e/quota-guest.sh); installed,
+#                             with lib.sh beside it, in
+#                             /usr/local/lib/builddird-e2e/ and run as root
 #   BUILDDIR_QUOTA_VM_TIMEOUT seconds for the whole VM run (default: 600)
 #   BUILDDIR_E2E_CACHE        rootfs cache (default: /var/cache/builddird-e2e)
 #   BUILDDIR_E2E_MIRROR       Debian mirror for debootstrap
@@ -51,14 +52,8 @@ initramfs_modules=(virtio_pci virtio_blk ext4 crc32c_generic)
 cache_key=$(printf '%s\n' "suite=$suite" "variant=$variant" "include=$packages" \
     "initramfs=${initramfs_modules[*]}" "arch=amd64" "v=2" | sha256sum | cut -c1-16)
 
-t0=$SECONDS
-log() { echo "# [$((SECONDS - t0))s] $*"; }
-
-skip() {
-    echo "SKIPPED: $*"
-    if [ "${BUILDDIR_E2E_ALLOW_SKIP:-0}" = 1 ]; then exit 0; fi
-    exit 1
-}
+# shellcheck source=tests/e2e/lib.sh
+. "$here/lib.sh"
 fail() { echo "error: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------- preconditions ---
@@ -133,7 +128,9 @@ cp -a "$rootfs_cached" "$root" || fail "cannot copy the rootfs"
 rm -f "$root/.complete"
 echo builddird-quota-vm > "$root/etc/hostname"
 install -m 0755 "$bin_dir/builddird" "$bin_dir/builddir-ctl" "$root/usr/local/bin/"
-install -m 0755 "$guest_script" "$root/usr/local/bin/quota-guest"
+install -d "$root/usr/local/lib/builddird-e2e"
+install -m 0755 "$guest_script" "$root/usr/local/lib/builddird-e2e/quota-guest"
+install -m 0644 "$here/lib.sh" "$root/usr/local/lib/builddird-e2e/lib.sh"
 cat > "$root/usr/local/bin/guest-init" <<'EOF'
 #!/bin/sh
 # PID 1 of the quota VM (written by tests/e2e/quota-vm.sh).
@@ -151,7 +148,7 @@ hostname -F /etc/hostname
 # Built-in on some kernels: then modprobe fails harmlessly.
 for m in loop quota_v2 quota_tree xfs; do modprobe "$m" 2>/dev/null; done
 echo "# guest: kernel $(uname -r), $(nproc) cpus, root $(findmnt -n -o SOURCE,FSTYPE /), up $(cut -d' ' -f1 /proc/uptime)s"
-/usr/local/bin/quota-guest
+/usr/local/lib/builddird-e2e/quota-guest
 status=$?
 sync
 echo "GUEST-EXIT $status"

@@ -41,22 +41,8 @@ guest_bin=/usr/local/bin
 guest_user=builder
 guest_root=/var/lib/builddird
 
-t0=$SECONDS
-log() { echo "# [$((SECONDS - t0))s] $*"; }
-
-skip() {
-    echo "SKIPPED: $*"
-    if [ "${BUILDDIR_E2E_ALLOW_SKIP:-0}" = 1 ]; then exit 0; fi
-    exit 1
-}
-
-# ---------------------------------------------------------------- results ---
-n=0 passed=0 failed=0
-ok()     { n=$((n + 1)); passed=$((passed + 1)); echo "ok $n - $*"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
-# check DESCRIPTION COMMAND...: ok if COMMAND succeeds.
-check() { local d=$1; shift; if "$@"; then ok "$d"; else not_ok "$d"; fi; }
-diag() { sed 's/^/#   /'; }
+# shellcheck source=tests/e2e/lib.sh
+. "$here/lib.sh"
 
 # ---------------------------------------------------------- preconditions ---
 [ "$(id -u)" = 0 ] || skip "must run as root (systemd-nspawn, debootstrap, mounts)"
@@ -480,5 +466,4 @@ fi
 check "6. nspawn's propagation dir for the machine is gone" test ! -e "$propagate_dir"
 
 log "done"
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary
