@@ -67,6 +67,14 @@ fn allow_lists_and_operator_group_decide_by_peer_credentials() {
         "{}",
         stderr(&out)
     );
+    // The same through the client library, whose hello is pipelined with
+    // the allocation: the refusal, not a broken pipe, is what it reports.
+    let refused = Probe::start(&d.socket, USER_B, "refused");
+    assert_eq!(
+        refused.report["kind"], "permission-denied",
+        "{}",
+        refused.report
+    );
     // In an allowed supplementary group: served.
     let out = ctl_as(&d, USER_B, &[62_000], &["run", "--", "true"]);
     assert!(out.status.success(), "{}", stderr(&out));

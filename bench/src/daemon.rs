@@ -160,7 +160,9 @@ impl Daemon {
                     // bound (and accepts into its backlog) before the mount is
                     // made; only the serving loop answers a hello.
                     if self.socket.exists()
-                        && builddir_client::blocking::Client::connect(&self.socket).is_ok()
+                        && builddir_client::blocking::Client::connect(&self.socket)
+                            .and_then(|mut c| c.handshake())
+                            .is_ok()
                     {
                         break started.elapsed();
                     }

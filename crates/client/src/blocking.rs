@@ -41,6 +41,13 @@ impl Client {
         Ok(Client { rt, inner })
     }
 
+    /// Reads the daemon's answer to the handshake now (see
+    /// [`crate::Client::handshake`]).
+    pub fn handshake(&mut self) -> Result<crate::ServerInfo, Error> {
+        let rt = self.rt.clone();
+        rt.block_on(self.inner.handshake()).cloned()
+    }
+
     /// Connects to [`crate::default_socket`].
     pub fn connect_default() -> Result<Client, Error> {
         Client::connect(crate::default_socket())

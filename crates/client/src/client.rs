@@ -1,8 +1,9 @@
 use std::path::{Path, PathBuf};
 
 use builddir_proto::{
-    Connection, FdPolicy, Hello, HelloReply, LeaseEntry, Owner, Released, Request, Response,
-    SizeLimit, StatusReport, DEFAULT_SOCKET, SOCKET_ENV,
+    Connection, ErrorReply, FdPolicy, Hello, HelloReply, LeaseEntry, Owner, Released, Request,
+    Response, SizeLimit, StatusReport, DEFAULT_SOCKET, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    SOCKET_ENV,
 };
 use tokio::net::UnixStream;
 
@@ -27,6 +28,8 @@ pub struct Client {
     socket: PathBuf,
     /// The daemon's welcome, once read.
     server: Option<ServerInfo>,
+    /// Its refusal, once read (the connection is over then).
+    refused: Option<ErrorReply>,
 }
 
 /// What the daemon said about itself in the handshake.
@@ -55,11 +58,19 @@ impl Client {
         let mut conn = Connection::new(stream, FdPolicy::Accept);
         let client = concat!("builddir-client/", env!("CARGO_PKG_VERSION"));
         conn.write(&Hello::current(client), None).await?;
-        Ok(Client {
+        let mut client = Client {
             conn,
             socket: path.to_owned(),
             server: None,
-        })
+            refused: None,
+        };
+        // A pipelined request is encoded before the version is agreed:
+        // safe only while this client speaks a single version. Once it
+        // speaks several, it waits for the welcome first.
+        if PROTOCOL_VERSION_MIN != PROTOCOL_VERSION {
+            client.handshake().await?;
+        }
+        Ok(client)
     }
 
     /// Connects to [`default_socket`].
@@ -70,6 +81,9 @@ impl Client {
     /// Reads the daemon's answer to the handshake (once; later calls
     /// return what it said).
     pub async fn handshake(&mut self) -> Result<&ServerInfo, Error> {
+        if let Some(e) = &self.refused {
+            return Err(Error::Refused(e.clone()));
+        }
         match self.server {
             Some(ref info) => Ok(info),
             None => {
@@ -85,7 +99,10 @@ impl Client {
                         protocol_version: version,
                         features,
                     },
-                    HelloReply::Refused(e) => return Err(Error::Refused(e)),
+                    HelloReply::Refused(e) => {
+                        self.refused = Some(e.clone());
+                        return Err(Error::Refused(e));
+                    }
                 };
                 Ok(self.server.insert(info))
             }
@@ -98,7 +115,9 @@ impl Client {
         self.server.as_ref()
     }
 
-    /// Sends one request and reads its response; unclaimed fds are closed.
+    /// Sends one request and reads its response; on an error response, the
+    /// fds that came with it are closed (a success's fds are the caller's
+    /// to claim).
     pub(crate) async fn call(&mut self, request: &Request) -> Result<Response, Error> {
         if let Err(e) = self.conn.write(request, None).await {
             // A daemon that refused the pipelined hello has closed the

@@ -194,7 +194,7 @@ async fn reclaim(socket: &Path, id: &str, secret: &str) -> Option<Client> {
         if let Ok(mut client) = Client::connect(socket).await {
             match client.reclaim(id, secret).await {
                 Ok(()) => return Some(client),
-                Err(e) if e.reply().is_some_and(|r| r.kind == ErrorKind::NotFound) => return None,
+                Err(Error::Server(r)) if r.kind == ErrorKind::NotFound => return None,
                 Err(_) => {}
             }
         }

@@ -173,11 +173,14 @@ mod tests {
     fn only_our_own_stdout_closing_is_a_quiet_broken_pipe() {
         let stdout = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe));
         assert!(is_broken_pipe(&stdout));
-        // The daemon's socket breaking is a failure to report.
-        let socket = anyhow::Error::new(builddir_client::Error::Io {
-            context: "writing to builddird",
-            source: io::Error::from(io::ErrorKind::BrokenPipe),
-        });
+        // The daemon's socket breaking is a failure to report, as the
+        // client reports it (a transport error).
+        let socket = anyhow::Error::new(builddir_client::Error::Proto(
+            builddir_proto::ProtoError::Io {
+                context: "sendmsg on the socket",
+                source: io::Error::from(io::ErrorKind::BrokenPipe),
+            },
+        ));
         assert!(!is_broken_pipe(&socket));
     }
 }

@@ -187,9 +187,12 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         // The accept loop runs as a task on a worker, not on this thread:
         // each new connection's task then starts on the same worker (tokio's
         // LIFO slot) instead of waking another thread for every client.
-        tokio::spawn(server::run(listener, daemon, conn_id, shutdown))
-            .await
-            .context("the accept loop panicked")?;
+        if let Err(e) = tokio::spawn(server::run(listener, daemon, conn_id, shutdown)).await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            anyhow::bail!("the accept loop was cancelled: {e}");
+        }
         notify::stopping();
         tracing::info!("stopping");
         Ok(())

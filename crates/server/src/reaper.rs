@@ -37,7 +37,10 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
             detach_lease_tmpfs(&d, &name);
             // A tree without a record (found at start) names its project
             // in its own lease.json, which the walk is about to delete.
-            let project = project.or_else(|| project_on_disk(&d, &name));
+            let project = match d.mode {
+                LeaseMode::ProjectQuota(_) => project.or_else(|| project_on_disk(&d, &name)),
+                _ => project,
+            };
             if let Some(project) = project {
                 log_if_project_full(&d, project, &name);
             }
@@ -88,6 +91,7 @@ fn finish(
                 leases.len()
             };
             if daemon.trimmer.shrank(left) {
+                // A rehash under the table lock, a few times per burst.
                 daemon.leases().shrink_to_fit();
                 tokio::task::spawn_blocking(crate::trim::give_back);
             }

@@ -3,8 +3,9 @@
 //! A connection's task and buffers are allocated on whichever runtime
 //! worker accepted it, and glibc keeps what such threads free in their own
 //! arenas: after 10 000 leases end, the daemon held ≈ 32 MiB it no longer
-//! used (builddir-bench part 4), against ≈ 10 MiB with a trim.
-//! `malloc_trim(0)` returns the free pages of every arena.
+//! used (builddir-bench part 4), against 12.4 MiB with the trim below.
+//! `malloc_trim(0)` returns the free pages of every arena. glibc only: with
+//! another libc (musl) [`give_back`] does nothing and the figures differ.
 //!
 //! The third and last module that opts in to `unsafe` (with
 //! [`crate::systemd_fds`] and [`crate::quota::sys`]): one call, no pointers.

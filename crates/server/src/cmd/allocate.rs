@@ -1,14 +1,16 @@
 use builddir_proto::{
     validate_name, Allocated, ErrorKind, ErrorReply, LeaseState, Owner, Response, SizeLimit,
 };
+use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::time::SystemTime;
 
 use super::{error, Reply, Session};
 use crate::allocate::{allocate, Sizing};
 use crate::backend::LeaseMode;
+use crate::quota::{AssignError, Reservation};
 use crate::registry::LeaseMeta;
-use crate::state::{Counters, LeaseRecord};
+use crate::state::{Counters, Daemon, LeaseRecord};
 
 impl Session {
     pub(super) fn allocate(
@@ -77,14 +79,14 @@ impl Session {
             Ok(s) => s,
             Err(e) => return error(ErrorKind::Internal, format!("getrandom: {e}")),
         };
-        let sizing = match self.sizing(limit) {
-            Ok(sizing) => sizing,
+        let daemon = self.daemon.clone();
+        // A project id stays reserved until the lease is in the table; on
+        // any early return (or a panic) the reservation is abandoned.
+        let (sizing, reservation) = match sizing(&daemon, limit) {
+            Ok(sized) => sized,
             Err(e) => return (Response::Error(e), None),
         };
-        let project_id = match sizing {
-            Sizing::Project(id) => Some(id),
-            _ => None,
-        };
+        let project_id = reservation.as_ref().map(|r| r.id());
         let created = SystemTime::now();
         let meta = |id: crate::lease_id::LeaseId| LeaseMeta {
             id: id.to_string(),
@@ -103,14 +105,7 @@ impl Session {
             project_id,
         };
         let layout = &self.daemon.layout;
-        let result = allocate(layout, owner.uid, owner.gid, sizing, meta);
-        if let (LeaseMode::ProjectQuota(ids), Some(id)) = (&self.daemon.mode, project_id) {
-            if result.is_err() {
-                // Nothing of the lease is left to charge: free the id.
-                ids.abandon(layout.root.fd.as_fd(), id);
-            }
-        }
-        let lease = match result {
+        let lease = match allocate(layout, owner.uid, owner.gid, sizing, meta) {
             Ok(lease) => lease,
             Err(e) if e.is_no_space() => {
                 return error(
@@ -151,8 +146,8 @@ impl Session {
             leases.len()
         };
         self.daemon.trimmer.grew(count);
-        if let (LeaseMode::ProjectQuota(ids), Some(id)) = (&self.daemon.mode, project_id) {
-            ids.settle(id); // the table holds it now
+        if let Some(reservation) = reservation {
+            reservation.settle(); // the table holds the id now
         }
         Counters::bump(&self.daemon.counters.allocations);
         tracing::info!(
@@ -213,39 +208,47 @@ impl Session {
     }
 }
 
-impl Session {
-    /// How this lease is bounded: a tmpfs of `limit`, or a project quota
-    /// (an id picked and given `limit` now).
-    fn sizing(&self, limit: Option<SizeLimit>) -> Result<Sizing, ErrorReply> {
-        let daemon = &self.daemon;
-        match (&daemon.mode, limit) {
-            (LeaseMode::Dir { .. }, None) => Ok(Sizing::Unbounded),
-            (LeaseMode::Tmpfs, Some(limit)) => Ok(Sizing::Tmpfs(limit)),
-            (LeaseMode::ProjectQuota(ids), Some(limit)) => {
-                let held = |id| daemon.leases().values().any(|r| r.project_id == Some(id));
-                let fs = daemon.layout.root.fd.as_fd();
-                match ids.assign(fs, held, limit.bytes, limit.inodes) {
-                    Ok(id) => Ok(Sizing::Project(id)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot give a lease a project quota");
-                        let kind = match e {
-                            crate::quota::AssignError::Exhausted { .. } => ErrorKind::QuotaExceeded,
-                            _ => ErrorKind::Internal,
-                        };
-                        Err(ErrorReply::new(kind, e.to_string()))
-                    }
+/// How this lease is bounded: a tmpfs of `limit`, or a project quota (an
+/// id reserved and given `limit` now).
+fn sizing(
+    daemon: &Daemon,
+    limit: Option<SizeLimit>,
+) -> Result<(Sizing, Option<Reservation<'_>>), ErrorReply> {
+    match (&daemon.mode, limit) {
+        (LeaseMode::Dir { .. }, None) => Ok((Sizing::Unbounded, None)),
+        (LeaseMode::Tmpfs, Some(limit)) => Ok((Sizing::Tmpfs(limit), None)),
+        (LeaseMode::ProjectQuota(ids), Some(limit)) => {
+            let held = || -> HashSet<u32> {
+                daemon
+                    .leases()
+                    .values()
+                    .filter_map(|r| r.project_id)
+                    .collect()
+            };
+            let fs = daemon.layout.root.fd.as_fd();
+            match ids.assign(fs, held, limit.bytes, limit.inodes) {
+                Ok(r) => Ok((Sizing::Project(r.id()), Some(r))),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot give a lease a project quota");
+                    let kind = match e {
+                        AssignError::Exhausted { .. } => ErrorKind::QuotaExceeded,
+                        _ => ErrorKind::Internal,
+                    };
+                    Err(ErrorReply::new(kind, e.to_string()))
                 }
             }
-            // `size_limit` gives every sized backend a limit and refuses
-            // one on `dir`; anything else is a bug, refused, not served.
-            (LeaseMode::Dir { .. }, Some(_))
-            | (LeaseMode::Tmpfs | LeaseMode::ProjectQuota(_), None) => Err(ErrorReply::new(
-                ErrorKind::Internal,
-                "lease sizing does not match the lease backend; please report this",
-            )),
         }
+        // `size_limit` gives every sized backend a limit and refuses one on
+        // `dir`; anything else is a bug, refused, not served.
+        (LeaseMode::Dir { .. }, Some(_))
+        | (LeaseMode::Tmpfs | LeaseMode::ProjectQuota(_), None) => Err(ErrorReply::new(
+            ErrorKind::Internal,
+            "lease sizing does not match the lease backend; please report this",
+        )),
     }
+}
 
+impl Session {
     /// The size for this lease, with defaults and caps applied; a refusal
     /// if the request cannot be honoured.
     fn size_limit(&self, asked: Option<SizeLimit>) -> Result<Option<SizeLimit>, ErrorReply> {

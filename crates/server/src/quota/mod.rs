@@ -134,20 +134,23 @@ impl ProjectIds {
         self.reserved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Picks an id that no allocation in flight reserved, that `held` (the
-    /// lease table) does not claim and to which the kernel charges nothing;
-    /// gives it these hard limits, checks the kernel kept them, and
-    /// reserves it until [`ProjectIds::settle`] or [`ProjectIds::abandon`].
-    pub fn assign(
-        &self,
-        fs: BorrowedFd<'_>,
-        held: impl Fn(u32) -> bool,
+    /// Picks an id that no allocation in flight reserved, that the lease
+    /// table does not hold (`held`, read once, under this lock: an id only
+    /// reaches the table after being reserved) and to which the kernel
+    /// charges nothing; gives it these hard limits and checks the kernel
+    /// kept them. The id stays reserved until the [`Reservation`] is
+    /// settled (the lease is in the table) or dropped (abandoned).
+    pub fn assign<'a>(
+        &'a self,
+        fs: BorrowedFd<'a>,
+        held: impl FnOnce() -> HashSet<u32>,
         bytes: u64,
         inodes: u64,
-    ) -> Result<u32, AssignError> {
+    ) -> Result<Reservation<'a>, AssignError> {
         let (first, last) = (*self.range.start(), *self.range.end());
         let span = u64::from(last - first) + 1;
         let mut reserved = self.reserved();
+        let held = held();
         // Bounded: at most a full lap of the range (or 2^20 ids).
         let checked = span.min(1 << 20);
         for _ in 0..checked {
@@ -156,7 +159,7 @@ impl ProjectIds {
                 .fetch_add(1, Ordering::Relaxed)
                 .wrapping_sub(first);
             let id = first + (u64::from(offset) % span) as u32;
-            if reserved.contains(&id) || held(id) {
+            if reserved.contains(&id) || held.contains(&id) {
                 continue;
             }
             let usage =
@@ -168,15 +171,17 @@ impl ProjectIds {
                 .map_err(|source| AssignError::Limits { id, source })?;
             // Fail closed: a limit the kernel rounded to 0 (or wrapped)
             // would be no limit at all.
-            let kept =
-                sys::project_usage(fs, id).map_err(|source| AssignError::Usage { id, source })?;
+            let kept = sys::project_usage(fs, id).map_err(|source| {
+                clear(fs, id);
+                AssignError::Usage { id, source }
+            })?;
             let want_bytes = bytes.div_ceil(sys::QUOTA_BLOCK) * sys::QUOTA_BLOCK;
             if kept.limit_bytes != want_bytes
                 || kept.limit_inodes != inodes
                 || inodes == 0
                 || bytes == 0
             {
-                let _ = sys::set_project_limits(fs, id, 0, 0);
+                clear(fs, id);
                 return Err(AssignError::NotKept {
                     id,
                     bytes,
@@ -186,27 +191,18 @@ impl ProjectIds {
                 });
             }
             reserved.insert(id);
-            return Ok(id);
+            return Ok(Reservation {
+                ids: self,
+                fs,
+                id,
+                settled: false,
+            });
         }
         Err(AssignError::Exhausted {
             first,
             last,
             checked,
         })
-    }
-
-    /// The lease with `id` is in the table now, which holds the id from
-    /// here on.
-    pub fn settle(&self, id: u32) {
-        self.reserved().remove(&id);
-    }
-
-    /// The allocation that reserved `id` failed: clear its limits and
-    /// free it.
-    pub fn abandon(&self, fs: BorrowedFd<'_>, id: u32) {
-        let mut reserved = self.reserved();
-        clear(fs, id);
-        reserved.remove(&id);
     }
 
     /// A reaped tree's project: clear its limits unless an allocation in
@@ -225,6 +221,39 @@ impl ProjectIds {
             return;
         }
         clear(fs, id);
+    }
+}
+
+/// A project id handed out by [`ProjectIds::assign`]. Settle it once the
+/// lease is in the table; dropped unsettled (the allocation failed, or
+/// panicked), its limits are cleared and the id is free again.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    ids: &'a ProjectIds,
+    fs: BorrowedFd<'a>,
+    id: u32,
+    settled: bool,
+}
+
+impl Reservation<'_> {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The lease is in the table now, which holds the id from here on.
+    pub fn settle(mut self) {
+        self.ids.reserved().remove(&self.id);
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            let mut reserved = self.ids.reserved();
+            clear(self.fs, self.id);
+            reserved.remove(&self.id);
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The kernel interfaces project quotas need that neither std nor rustix
 //! wraps: `quotactl_fd(2)` and the `FS_IOC_FS{GET,SET}XATTR` ioctls.
 //!
-//! This is the second of the two modules that opt back in to `unsafe`
-//! (the other is [`crate::systemd_fds`]). Every call passes a pointer to a
+//! One of the three modules that opt back in to `unsafe` (with
+//! [`crate::systemd_fds`] and [`crate::trim`]). Every call passes a pointer to a
 //! local `#[repr(C)]` value whose layout is the kernel's UAPI struct, sized
 //! and checked at compile time below, and borrows the fd for the call only.
 #![allow(unsafe_code)]
