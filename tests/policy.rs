@@ -78,6 +78,10 @@ fn allow_lists_and_operator_group_decide_by_peer_credentials() {
     // In an allowed supplementary group: served.
     let out = ctl_as(&d, USER_B, &[62_000], &["run", "--", "true"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // (Its lease is listed as reaping until its tree is gone.)
+    assert!(eventually(Duration::from_secs(10), || d
+        .list_all()
+        .is_empty()));
     // An allowed user holds a lease; a user sees only theirs, the operator all.
     let a = Probe::start(&d.socket, USER_A, "mine");
     let out = ctl_as(&d, USER_B, &[62_000], &["--json", "list"]);
