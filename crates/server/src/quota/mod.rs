@@ -6,9 +6,10 @@
 //! build that writes past it gets `EDQUOT` (ext4) or `ENOSPC` (XFS) in its
 //! own tree, and nothing else on the filesystem is charged for it.
 //!
-//! The kernel is the source of truth for which ids are free: an id is
-//! handed out only if no record in the lease table names it and the kernel
-//! charges nothing to it. Limits are cleared when a lease's tree is gone.
+//! An id is handed out only if no allocation in flight reserved it, no
+//! record in the lease table names it and the kernel charges nothing to it
+//! ([`ProjectIds`]); its limits are read back, and cleared when the lease's
+//! tree is gone.
 //!
 //! What this is not: a boundary against the tree's *owner* acting in the
 //! host user namespace, who may move its own files to another project
