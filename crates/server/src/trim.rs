@@ -31,7 +31,7 @@ impl Trimmer {
 
     /// Records that `n` leases are left. Returns true if and only if this
     /// caller should trim now: `n` is below half of a peak of at least
-    /// [`MIN_PEAK`] (the peak then restarts from `n`, so one burst's decline
+    /// `MIN_PEAK` (1 024; the peak then restarts from `n`, so one burst's decline
     /// trims a few times, each after half of what was left has gone).
     pub fn shrank(&self, n: usize) -> bool {
         let peak = self.peak.load(Ordering::Relaxed);

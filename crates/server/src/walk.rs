@@ -2,7 +2,7 @@
 //! --size`, retention) and for handing a kept tree to its requester.
 //!
 //! Like the reaper it never follows a symlink or crosses a mount
-//! (`openat2` beneath, via [`crate::rmtree::open_dir_beneath`]) and never
+//! (`openat2` beneath, via `rmtree::open_dir_beneath`) and never
 //! opens a non-directory for I/O; entries are inspected with
 //! `statx(AT_SYMLINK_NOFOLLOW)`. Depth is capped (each level holds one fd):
 //! deeper subtrees are skipped and counted, never half-processed silently.
