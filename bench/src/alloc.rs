@@ -177,6 +177,36 @@ pub fn daemon_block(rt: &Runtime, daemon: &Daemon, c: usize, per_worker: usize) 
     Ok(block)
 }
 
+/// Pushes the floor's row for `what` at concurrency `c`, then builddird's
+/// against it, with the SPEC §8 target for c = 1 (p50 ≤ 1.5×) and c = 64
+/// (p99 ≤ 3×).
+fn push_vs_floor(
+    report: &mut Report,
+    c: usize,
+    params: &serde_json::Value,
+    what: &str,
+    floor: &Stats,
+    daemon: &[f64],
+    note: &str,
+) {
+    let floor_name = format!("floor {what}, c={c}");
+    report.push(Row::new(1, floor_name.clone(), "us", floor.clone()).params(params.clone()));
+    let row = Row::new(
+        1,
+        format!("builddird {what}, c={c}"),
+        "us",
+        Stats::of(daemon),
+    )
+    .params(params.clone())
+    .floor(floor_name, floor.clone());
+    let row = match c {
+        1 => row.target_vs_floor(Stat::Median, 1.5),
+        64 => row.target_vs_floor(Stat::P99, 3.0),
+        _ => row,
+    };
+    report.push(row.note(note));
+}
+
 /// Connect + handshake only, `n` times.
 fn connect_only(rt: &Runtime, sock: &Path, n: usize) -> Result<Vec<f64>> {
     rt.block_on(async {
@@ -290,52 +320,24 @@ pub fn run(
         let p = json!({"concurrency": c, "blocks": cfg.blocks});
         let fa = Stats::of(&f.alloc);
         let fc = Stats::of(&f.cycle);
-        report.push(
-            Row::new(
-                1,
-                format!("floor alloc round trip, c={c}"),
-                "us",
-                fa.clone(),
-            )
-            .params(p.clone()),
+        push_vs_floor(
+            report,
+            c,
+            &p,
+            "alloc round trip",
+            &fa,
+            &d.alloc,
+            "connect, handshake, allocate, fd received (SPEC §8)",
         );
-        let mut row = Row::new(
-            1,
-            format!("builddird alloc round trip, c={c}"),
-            "us",
-            Stats::of(&d.alloc),
-        )
-        .params(p.clone())
-        .floor(format!("floor alloc round trip, c={c}"), fa.clone());
-        row = match c {
-            1 => row.target_vs_floor(Stat::Median, 1.5),
-            64 => row.target_vs_floor(Stat::P99, 3.0),
-            _ => row,
-        };
-        report.push(row.note("connect, handshake, allocate, fd received (SPEC §8)"));
-        report.push(
-            Row::new(
-                1,
-                format!("floor alloc+release cycle, c={c}"),
-                "us",
-                fc.clone(),
-            )
-            .params(p.clone()),
+        push_vs_floor(
+            report,
+            c,
+            &p,
+            "alloc+release cycle",
+            &fc,
+            &d.cycle,
+            "connect, handshake, allocate, fd received, release reply (issue 7)",
         );
-        let mut row = Row::new(
-            1,
-            format!("builddird alloc+release cycle, c={c}"),
-            "us",
-            Stats::of(&d.cycle),
-        )
-        .params(p.clone())
-        .floor(format!("floor alloc+release cycle, c={c}"), fc.clone());
-        row = match c {
-            1 => row.target_vs_floor(Stat::Median, 1.5),
-            64 => row.target_vs_floor(Stat::P99, 3.0),
-            _ => row,
-        };
-        report.push(row.note("connect, handshake, allocate, fd received, release reply (issue 7)"));
         for ((label, _), v) in variants.iter().zip(&vs) {
             let what = match *label {
                 "log=warn" => "same, daemon started with --log-level warn (no per-lease audit lines)",
