@@ -3,42 +3,29 @@
 //! to the unprivileged orchestrator over a Unix socket, and deletes the tree
 //! safely when the build ends.
 //!
-//! Module map, in the order a request meets them:
-//! [`listener`] / [`systemd_fds`] → [`server`] (accept loop) →
-//! [`handler`] (handshake, request loop) → [`cmd`] (one file per request) →
-//! [`allocate`] (sized by [`backend`]: tmpfs or [`quota`]) / [`release`] →
-//! [`reaper`] → [`rmtree`].
-//! At start: [`config`] → [`mount`] → [`layout`] → [`backend`] → [`startup`]
-//! → [`notify`].
+//! The folders are the architecture; every import runs downward:
+//!
+//! ```text
+//! conn/     accept loop, listener, peer credentials, one session per
+//!           connection, one file per request (conn::requests)
+//! lease/    the lifecycle: table, create, end, trash, hand-over, retention,
+//!           reaper, registry, recovery at start, ids
+//! backend/  how a lease's space is provided: plain dir, tmpfs, project quota
+//! tree/     bounded walks over a user's tree: size walks, safe removal
+//! host/     facts about this machine: config, policy, mount, layout, identity
+//! systemd/  the hand-offs with PID 1: LISTEN_FDS, sd_notify, the fd store
+//! ```
+//!
+//! Direction: `conn → lease → backend, tree → host`; `conn` and `lease` may
+//! use `systemd`.
 
-pub mod allocate;
 pub mod backend;
-pub mod cmd;
-pub mod config;
-pub mod ending;
+pub mod conn;
 pub mod failpoint;
-pub mod fdstore;
-pub mod handler;
-pub mod identity;
-pub mod keep;
-pub mod layout;
-pub mod lease_id;
-pub mod listener;
+pub mod host;
+pub mod lease;
 pub mod logging;
 pub mod metrics;
-pub mod mount;
-pub mod notify;
-pub mod peer;
-pub mod policy;
-pub mod quota;
-pub mod reaper;
-pub mod registry;
-pub mod release;
-pub mod retention;
-pub mod rmtree;
-pub mod server;
-pub mod startup;
-pub mod state;
-pub mod systemd_fds;
+pub mod systemd;
+pub mod tree;
 pub mod trim;
-pub mod walk;

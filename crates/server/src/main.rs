@@ -8,12 +8,16 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use builddir_server::backend::LeaseMode;
-use builddir_server::config::{Backing, Config, DEFAULT_CONFIG};
-use builddir_server::identity::Accounts;
-use builddir_server::layout::Layout;
-use builddir_server::listener::Listener;
-use builddir_server::policy::Policy;
-use builddir_server::{handler, logging, mount, notify, server, startup, state::Daemon};
+use builddir_server::conn::listener::Listener;
+use builddir_server::conn::{accept, session};
+use builddir_server::host::config::{Backing, Config, DEFAULT_CONFIG};
+use builddir_server::host::identity::Accounts;
+use builddir_server::host::layout::Layout;
+use builddir_server::host::mount;
+use builddir_server::host::policy::Policy;
+use builddir_server::lease::{recover, table::Daemon};
+use builddir_server::logging;
+use builddir_server::systemd::notify;
 
 /// The builddird daemon. Every flag overrides the same key of the config file.
 #[derive(Debug, Parser)]
@@ -103,7 +107,7 @@ fn check(config: &Config) -> Result<()> {
             "ok: {} is a verified nosuid,nodev,exec mount",
             config.root.display()
         );
-        if config.lease_backend == builddir_server::config::LeaseBackend::ProjectQuota {
+        if config.lease_backend == builddir_server::host::config::LeaseBackend::ProjectQuota {
             builddir_server::backend::require_project_quota(&root).map_err(anyhow::Error::msg)?;
             println!("ok: {} enforces project quotas", config.root.display());
         }
@@ -122,7 +126,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     mount::prepare(&config.root, config.backing, &config.tmpfs_size)?;
     let root = mount::verify(&config.root)?;
     let layout = Layout::open(root)?;
-    startup::lock_root(&layout).map_err(anyhow::Error::msg)?;
+    recover::lock_root(&layout).map_err(anyhow::Error::msg)?;
     let mode = LeaseMode::decide(&config, &layout).map_err(anyhow::Error::msg)?;
     let std_listener = listener
         .listener
@@ -141,7 +145,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the socket")?;
         let daemon = Arc::new(Daemon::new(config, layout, policy, mode));
-        let found = startup::recover(&daemon, resumed);
+        let found = recover::recover(&daemon, resumed);
         daemon.trimmer.grew(daemon.leases().len());
         let mut conn_id: u64 = 0;
         for (fd, ids) in found.connections {
@@ -153,7 +157,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
                             r.conn = conn_id;
                         }
                     }
-                    tokio::spawn(handler::resume(daemon.clone(), stream, conn_id));
+                    tokio::spawn(session::resume(daemon.clone(), stream, conn_id));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot resume a stored connection"),
             }
@@ -176,18 +180,18 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
             "mount verified (nosuid,nodev,exec); serving"
         );
         if detached > 0 {
-            builddir_server::ending::spawn_grace_expiry(daemon.clone());
+            builddir_server::lease::end::spawn_grace_expiry(daemon.clone());
         }
         // Handlers first: a SIGTERM right after READY=1 must stop us
         // cleanly, not kill us by the default action.
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
         notify::ready(&daemon);
         notify::spawn_heartbeat(daemon.clone());
-        builddir_server::retention::spawn_periodic(daemon.clone());
+        builddir_server::lease::retention::spawn_periodic(daemon.clone());
         // The accept loop runs as a task on a worker, not on this thread:
         // each new connection's task then starts on the same worker (tokio's
         // LIFO slot) instead of waking another thread for every client.
-        if let Err(e) = tokio::spawn(server::run(listener, daemon, conn_id, shutdown)).await {
+        if let Err(e) = tokio::spawn(accept::run(listener, daemon, conn_id, shutdown)).await {
             if e.is_panic() {
                 std::panic::resume_unwind(e.into_panic());
             }

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use crate::state::{Daemon, ERROR_KINDS};
+use crate::lease::table::{Daemon, ERROR_KINDS};
 
 /// Renders every metric, ending with `# EOF`.
 pub fn render(daemon: &Daemon) -> String {

@@ -8,7 +8,7 @@
 //! another libc (musl) [`give_back`] does nothing and the figures differ.
 //!
 //! The third and last module that opts in to `unsafe` (with
-//! [`crate::systemd_fds`] and [`crate::quota::sys`]): one call, no pointers.
+//! [`crate::systemd::listen_fds`] and [`crate::backend::project_sys`]): one call, no pointers.
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};

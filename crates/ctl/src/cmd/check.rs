@@ -6,10 +6,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use builddir_server::config::{Backing, Config};
-use builddir_server::identity::Accounts;
-use builddir_server::mount;
-use builddir_server::policy::Policy;
+use builddir_server::host::config::{Backing, Config};
+use builddir_server::host::identity::Accounts;
+use builddir_server::host::mount;
+use builddir_server::host::policy::Policy;
 use serde::Serialize;
 
 use crate::output;

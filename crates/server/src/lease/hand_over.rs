@@ -1,0 +1,176 @@
+//! Handing a kept tree to the user who asked to keep it.
+//!
+//! The tree belongs to the build's owner, who may have filled it with
+//! traps: hard links to root's files (CVE-2025-52993: chown through a hard
+//! link to `/etc/shadow`), symlinks, setuid binaries. So:
+//!
+//! - every non-directory is pinned with `O_PATH|O_NOFOLLOW` (no I/O, no
+//!   FIFO or lease side effects), checked on that fd, and changed through
+//!   that fd — a name swapped after the check changes nothing;
+//! - only inodes owned by the build's owner are touched: a hard link to a
+//!   root-owned file keeps its owner;
+//! - a multiply-linked file is not chowned to someone else (its other names
+//!   may live outside the tree);
+//! - setuid/setgid bits are cleared on every regular file the owner owns.
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use rustix::fs::{
+    chmodat, chownat, fchmod, fchown, fstat, openat, AtFlags, FileType, Gid, Mode, OFlags, Stat,
+    Statx, Uid, CWD,
+};
+
+use crate::tree::walk::{walk, Visitor, WalkReport};
+
+/// The result of a hand-over.
+#[derive(Debug, Default)]
+pub struct HandOver {
+    pub walk: WalkReport,
+    pub chowned: u64,
+    pub setid_cleared: u64,
+    /// Entries left alone: owned by someone else, or multiply linked.
+    pub skipped: u64,
+}
+
+struct Chown {
+    owner: u32,
+    to_uid: u32,
+    to_gid: u32,
+    done: HandOver,
+}
+
+impl Chown {
+    fn changes_owner(&self) -> bool {
+        self.owner != self.to_uid
+    }
+
+    fn chown_fd(&mut self, fd: BorrowedFd<'_>, report: &mut WalkReport, empty_path: bool) {
+        let (uid, gid) = (
+            Some(Uid::from_raw(self.to_uid)),
+            Some(Gid::from_raw(self.to_gid)),
+        );
+        let r = if empty_path {
+            chownat(
+                fd,
+                c"",
+                uid,
+                gid,
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )
+        } else {
+            fchown(fd, uid, gid)
+        };
+        match r {
+            Ok(()) => self.done.chowned += 1,
+            Err(e) => report.fail("chown", e),
+        }
+    }
+}
+
+impl Visitor for Chown {
+    fn dir(&mut self, fd: BorrowedFd<'_>, st: &Stat, report: &mut WalkReport) {
+        if st.st_uid != self.owner {
+            self.done.skipped += 1;
+            return;
+        }
+        if self.changes_owner() {
+            self.chown_fd(fd, report, false);
+        }
+        if st.st_mode & 0o6000 != 0 {
+            match fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o1777)) {
+                Ok(()) => self.done.setid_cleared += 1,
+                Err(e) => report.fail("chmod", e),
+            }
+        }
+    }
+
+    fn entry(&mut self, dir: BorrowedFd<'_>, name: &CStr, seen: &Statx, report: &mut WalkReport) {
+        if seen.stx_uid != self.owner {
+            self.done.skipped += 1;
+            return;
+        }
+        let regular = FileType::from_raw_mode(seen.stx_mode.into()) == FileType::RegularFile;
+        let needs_chmod = regular && u32::from(seen.stx_mode) & 0o6000 != 0;
+        if !self.changes_owner() && !needs_chmod {
+            return;
+        }
+        let pinned = match openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) => return report.fail("open O_PATH", e),
+        };
+        let st = match fstat(&pinned) {
+            Ok(st) => st,
+            Err(e) => return report.fail("fstat", e),
+        };
+        // Checked on the pinned inode, not the name.
+        if st.st_uid != self.owner {
+            self.done.skipped += 1;
+            return;
+        }
+        let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        if self.changes_owner() {
+            if !FileType::from_raw_mode(st.st_mode).eq(&FileType::Directory) && st.st_nlink > 1 {
+                self.done.skipped += 1;
+            } else {
+                self.chown_fd(pinned.as_fd(), report, true);
+            }
+        }
+        if regular && st.st_mode & 0o6000 != 0 {
+            // chmod through the magic link of the pinned fd: the same inode.
+            let proc_path = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+            match chmodat(
+                CWD,
+                proc_path.as_str(),
+                Mode::from_raw_mode(st.st_mode & 0o1777),
+                AtFlags::empty(),
+            ) {
+                Ok(()) => self.done.setid_cleared += 1,
+                Err(e) => report.fail("chmod", e),
+            }
+        }
+    }
+}
+
+/// Makes the kept tree `build` (opened by the caller) the requester's:
+/// chowns what `owner` owns to `to_uid:to_gid` (if different) and clears
+/// setuid/setgid everywhere the owner owns.
+pub fn hand_over(build: std::os::fd::OwnedFd, owner: u32, to_uid: u32, to_gid: u32) -> HandOver {
+    let mut chown = Chown {
+        owner,
+        to_uid,
+        to_gid,
+        done: HandOver::default(),
+    };
+    let report = walk(build, &mut chown);
+    let mut done = chown.done;
+    done.walk = report;
+    done
+}
+
+/// Opens `kept/<id>`, gives its group to `to_gid` (so the requester can
+/// traverse the root-owned 0710 outer dir), and hands `build` over.
+pub fn hand_over_kept(
+    layout: &crate::host::layout::Layout,
+    id: crate::lease::id::LeaseId,
+    owner: u32,
+    to_uid: u32,
+    to_gid: u32,
+) -> Result<HandOver, rustix::io::Errno> {
+    use crate::host::layout::{id_name, BUILD, DIR_OPEN};
+    let outer = openat(
+        &layout.kept,
+        id_name(id).as_c_str(),
+        DIR_OPEN,
+        Mode::empty(),
+    )?;
+    fchown(&outer, Some(Uid::ROOT), Some(Gid::from_raw(to_gid)))?;
+    let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty())?;
+    crate::failpoint::hit("keep:before-hand-over");
+    Ok(hand_over(build, owner, to_uid, to_gid))
+}

@@ -1,0 +1,14 @@
+//! The lease lifecycle, and nothing else: the table of leases, creating one,
+//! ending one (trash or hand-over), retention of kept trees, the reaper, the
+//! on-disk registry and recovery at start.
+
+pub mod create;
+pub mod end;
+pub mod hand_over;
+pub mod id;
+pub mod reaper;
+pub mod recover;
+pub mod registry;
+pub mod retention;
+pub mod table;
+pub mod trash;

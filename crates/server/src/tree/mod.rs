@@ -1,0 +1,5 @@
+//! Walks over a tree that a build user controls: sizing it and removing it,
+//! by file descriptor only.
+
+pub mod remove;
+pub mod walk;
