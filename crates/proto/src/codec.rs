@@ -31,6 +31,42 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtoError> {
     options().deserialize(payload).map_err(ProtoError::Decode)
 }
 
+/// Bytes in a frame's length prefix.
+pub const FRAME_HEADER: usize = 4;
+
+/// Encodes `msg` as a whole frame: a 4-byte big-endian payload length, then
+/// the payload (what the tokio `LengthDelimitedCodec` writes, for clients
+/// without it).
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
+    let payload = encode(msg)?;
+    if payload.len() > MAX_FRAME {
+        return Err(ProtoError::Frame(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "message of {} bytes exceeds the {MAX_FRAME}-byte frame cap",
+                payload.len()
+            ),
+        )));
+    }
+    let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    Ok(frame)
+}
+
+/// The payload length a frame header announces, rejected above
+/// [`MAX_FRAME`] before any of it is read.
+pub fn frame_len(header: [u8; FRAME_HEADER]) -> Result<usize, ProtoError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtoError::Frame(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("peer announced a {len}-byte frame; the cap is {MAX_FRAME}"),
+        )));
+    }
+    Ok(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +106,15 @@ mod tests {
         bytes.push(0xff); // varint marker: u64 follows
         bytes.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode::<Request>(&bytes).is_err());
+    }
+
+    #[test]
+    fn frames_carry_a_big_endian_length_and_reject_oversize() {
+        let frame = encode_frame(&Request::Status).unwrap();
+        assert_eq!(&frame[..FRAME_HEADER], &[0, 0, 0, 1]);
+        assert_eq!(frame[FRAME_HEADER..], [3]);
+        assert_eq!(frame_len([0, 0, 1, 0]).unwrap(), 256);
+        assert!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
     }
 
     #[test]
