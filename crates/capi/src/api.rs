@@ -181,11 +181,11 @@ unsafe fn end(
     let result = run(|| {
         // SAFETY: NULL or writable (contract).
         let outcome = unsafe { outcome.as_mut() };
-        let mut outcome = outcome.map(|o| {
+        let mut outcome = outcome;
+        if let Some(o) = outcome.as_mut() {
             o.kept_path[0] = 0;
             o.limit_reached = 0;
-            o
-        });
+        }
         // SAFETY: NULL or a valid, writable struct (contract).
         let Some(lease) = (unsafe { lease.as_mut() }) else {
             return Err(null("lease"));

@@ -117,6 +117,59 @@ mod tests {
         assert!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
     }
 
+    /// The worked examples in docs/protocol.md, byte for byte.
+    #[test]
+    fn documented_encodings_are_exact() {
+        use crate::{ErrorKind, ErrorReply, Owner, Released, Response};
+        assert_eq!(
+            encode_frame(&Hello::current("c")).unwrap(),
+            [0, 0, 0, 12, b'B', b'U', b'I', b'L', b'D', b'D', b'I', b'R', 2, 2, 1, b'c']
+        );
+        let allocate = Request::Allocate {
+            name: "hello".into(),
+            owner: Some(Owner {
+                uid: 30001,
+                gid: 30000,
+            }),
+            limit: None,
+        };
+        assert_eq!(
+            encode(&allocate).unwrap(),
+            [0, 5, b'h', b'e', b'l', b'l', b'o', 1, 0xfb, 0x31, 0x75, 0xfb, 0x30, 0x75, 0]
+        );
+        let limited = Request::Allocate {
+            name: String::new(),
+            owner: None,
+            limit: Some(crate::SizeLimit {
+                bytes: 1 << 30,
+                inodes: 0,
+            }),
+        };
+        assert_eq!(
+            encode(&limited).unwrap(),
+            [0, 0, 0, 1, 0xfc, 0, 0, 0, 0x40, 0]
+        );
+        let released = Response::Released(Released {
+            id: "0123456789abcdef".into(),
+            kept_path: None,
+            limit_reached: true,
+        });
+        let mut want = vec![1, 16];
+        want.extend_from_slice(b"0123456789abcdef");
+        want.extend_from_slice(&[0, 1]);
+        assert_eq!(encode(&released).unwrap(), want);
+        let error = Response::Error(ErrorReply::new(ErrorKind::PermissionDenied, "no"));
+        assert_eq!(encode(&error).unwrap(), [8, 0, 2, b'n', b'o']);
+        assert_eq!(
+            encode(&Request::Release {
+                id: "ab".into(),
+                keep: true
+            })
+            .unwrap(),
+            [1, 2, b'a', b'b', 1]
+        );
+    }
+
     #[test]
     fn hello_round_trips() {
         let h = Hello::current("test");
