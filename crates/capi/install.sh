@@ -35,8 +35,12 @@ sed -e "s|@prefix@|$prefix|" -e "s|@libdir@|$libdir|" \
     "$here/builddir.pc.in" > "$dest$libdir/pkgconfig/builddir.pc"
 chmod 0644 "$dest$libdir/pkgconfig/builddir.pc"
 
-# A system-wide install refreshes the linker cache (not for staged ones).
+# An install into the system's library directories refreshes the linker
+# cache (not a staged one, nor one into a private prefix).
 if [ -z "$dest" ] && [ "$(id -u)" = 0 ] && command -v ldconfig >/dev/null 2>&1; then
-    ldconfig
+    case $libdir in
+        /lib*|/usr/lib*|/usr/local/lib*)
+            ldconfig || echo "install.sh: warning: ldconfig failed; run it by hand" >&2 ;;
+    esac
 fi
 echo "installed libbuilddir $version: $includedir/builddir.h, $libdir/libbuilddir.{so,a}, $libdir/pkgconfig/builddir.pc"

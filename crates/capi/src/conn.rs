@@ -110,12 +110,17 @@ impl Conn {
                 format!("builddird sent a lease ({id}) whose id or path does not fit the C buffers; it was released — upgrade libbuilddir"),
             ));
         }
-        let st = rustix::fs::fstat(dir.dir()).map_err(|e| {
-            Failure::new(
-                BUILDDIR_ERR_IO,
-                format!("fstat on the received build dir failed: {e}"),
-            )
-        })?;
+        let st = match rustix::fs::fstat(dir.dir()) {
+            Ok(st) => st,
+            Err(e) => {
+                // Not handed out, so not left held either.
+                let _ = self.client.release_dir(dir);
+                return Err(Failure::new(
+                    BUILDDIR_ERR_IO,
+                    format!("fstat on the received build dir failed: {e}; the lease was released"),
+                ));
+            }
+        };
         let granted = Granted {
             fd: dir.dir().as_raw_fd(),
             uid: dir.owner().0,
