@@ -186,7 +186,7 @@ fn c_build_that_fills_its_size_limit_gets_enospc_and_release_reports_it() {
 }
 
 #[test]
-fn c_errors_daemon_down_policy_refusal_and_bad_arguments_are_documented_statuses() {
+fn c_errors_daemon_down_policy_refusal_load_and_bad_arguments_are_documented_statuses() {
     if !require_root("c_errors") {
         return;
     }
@@ -210,6 +210,18 @@ fn c_errors_daemon_down_policy_refusal_and_bad_arguments_are_documented_statuses
     let p = build(&d);
     scenario(&p.plain, Some(USER_A), &["refused", socket(&d)]);
     scenario(&p.sanitized, Some(USER_A), &["refused", socket(&d)]);
+    drop(d);
+    // One connection per uid: the second is refused for load.
+    let d = Daemon::start_with(
+        "capi-busy",
+        DaemonOpts {
+            config: Some("max_connections_per_uid = 1\n".into()),
+            ..Default::default()
+        },
+    );
+    let p = build(&d);
+    scenario(&p.plain, Some(USER_A), &["busy", socket(&d)]);
+    scenario(&p.sanitized, Some(USER_A), &["busy", socket(&d)]);
 }
 
 #[test]

@@ -320,6 +320,19 @@ static int refused(const char *socket) {
     return 0;
 }
 
+/* Past the daemon's connection limit for this uid (one): busy. */
+static int busy(const char *socket) {
+    fdset base = open_fds();
+    builddir_conn *first = connect_ok(socket);
+    builddir_conn *second = NULL;
+    builddir_status s = builddir_connect(socket, &second, err, sizeof err);
+    CHECK(s == BUILDDIR_ERR_BUSY && second == NULL, "second connection: %s: %s", ST(s), err);
+    CHECK(strlen(err) > 0, "no message");
+    builddir_close(first);
+    check_fds_back_to(&base);
+    return 0;
+}
+
 /* Bad arguments: the documented error, never a crash. */
 static int args(const char *socket) {
     fdset base = open_fds();
@@ -501,6 +514,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(what, "limit") && argc == 4) rc = limit(socket, strtoull(argv[3], NULL, 10));
     else if (!strcmp(what, "down")) rc = down(socket);
     else if (!strcmp(what, "refused")) rc = refused(socket);
+    else if (!strcmp(what, "busy")) rc = busy(socket);
     else if (!strcmp(what, "args")) rc = args(socket);
     else if (!strcmp(what, "fork") && argc == 4) rc = forking(socket, argv[3]);
     else fprintf(stderr, "capi_test: unknown scenario %s\n", what);

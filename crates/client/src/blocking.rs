@@ -92,7 +92,14 @@ impl Client {
             }
         };
         let mut conn = BlockingConnection::new(stream, FdPolicy::Accept);
-        conn.write(&Hello::current(CLIENT_NAME), None)?;
+        if let Err(e) = conn.write(&Hello::current(CLIENT_NAME), None) {
+            // A daemon refusing for load answers before reading the hello
+            // and closes: its refusal, already sent, explains the failure.
+            return Err(match conn.read::<HelloReply>() {
+                Ok(Some(HelloReply::Refused(r))) => Error::Refused(r),
+                _ => e.into(),
+            });
+        }
         let server = match conn.expect::<HelloReply>()? {
             HelloReply::Welcome {
                 version,
