@@ -1,6 +1,6 @@
 //! The exported C functions (`include/builddir.h`). Each checks every
-//! pointer, runs under [`guard::entry`] (no panic crosses, nothing prints)
-//! and leaves the work to [`Conn`].
+//! pointer, runs under `guard::run` (no panic crosses, nothing prints)
+//! and leaves the work to `conn::Conn`.
 
 // `#[no_mangle]` exports and raw pointers from C are this module's job;
 // each dereference has a SAFETY comment naming the C caller's promise.

@@ -44,4 +44,4 @@ pub use client::Client;
 pub use error::Error;
 pub use info::{default_socket, ServerInfo};
 #[cfg(feature = "tokio")]
-pub use lease::Lease;
+pub use lease::{Lease, RECLAIM_PATIENCE};
