@@ -52,3 +52,18 @@ pub fn quietly(body: impl FnOnce()) {
     let _ = catch_unwind(AssertUnwindSafe(body));
     IN_CALL.with(|c| c.set(outer));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_internal_and_later_calls_work() {
+        let f = run(|| panic!("boom")).unwrap_err();
+        assert_eq!(f.status, builddir_status::BUILDDIR_ERR_INTERNAL);
+        assert!(f.message.contains("internal error in libbuilddir"));
+        assert!(!IN_CALL.with(Cell::get), "flag left set after a panic");
+        assert!(run(|| Ok(())).is_ok());
+        quietly(|| panic!("also caught"));
+    }
+}
