@@ -8,11 +8,13 @@
 //! `FD_CLOEXEC` on everything the library holds, documented errors) and
 //! ends with `PASS <scenario>`; here we assert that line and the exit code.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use builddir_tests::{require_root, Daemon, DaemonOpts, Ident, USER_A};
+use builddir_tests::{require_root, wait_timeout, Daemon, DaemonOpts, Ident, USER_A};
 
 /// The built library (target/<profile>/deps, next to this test).
 fn built_lib_dir() -> PathBuf {
@@ -235,5 +237,64 @@ fn c_fork_exec_child_has_none_of_the_library_fds_and_cannot_use_the_connection()
     for program in [&p.plain, &p.sanitized] {
         scenario(program, None, &["fork", socket(&d), lister]);
         scenario(program, Some(USER_A), &["fork", socket(&d), lister]);
+    }
+}
+
+#[test]
+fn c_reconnect_after_a_daemon_restart_takes_the_leases_over() {
+    if !require_root("c_reconnect") {
+        return;
+    }
+    let mut d = Daemon::start_with(
+        "capi-reconnect",
+        DaemonOpts {
+            config: Some("fd_store = false\nreclaim_grace_secs = 30\n".into()),
+            ..Default::default()
+        },
+    );
+    let p = build(&d);
+    for (program, who) in [(&p.plain, None), (&p.sanitized, Some(USER_A))] {
+        let reclaimed_before = d.log_text().matches("reclaimed").count();
+        let mut cmd = Command::new(program);
+        cmd.args(["reconnect", socket(&d)])
+            .current_dir("/")
+            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+            .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(who) = who {
+            cmd.uid(who.uid).gid(who.gid);
+        }
+        let mut child = cmd.spawn().expect("run capi_test reconnect");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("capi_test ended before asking for the restart:\n{seen}");
+            }
+            seen.push_str(&line);
+            if line.starts_with("RESTART NOW") {
+                break;
+            }
+        }
+        assert!(d.terminate().success(), "daemon did not stop cleanly");
+        d.spawn();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let status = wait_timeout(&mut child, Duration::from_secs(60)).expect("capi_test exits");
+        out.read_to_string(&mut seen).unwrap();
+        assert!(
+            status.success() && seen.contains("PASS reconnect"),
+            "reconnect as {who:?} failed ({status}):\n{seen}\n{}",
+            d.log_text()
+        );
+        // Both leases were taken over by the new connection, not merely
+        // still inside their grace period.
+        assert_eq!(
+            d.log_text().matches("reclaimed").count(),
+            reclaimed_before + 2,
+            "{}",
+            d.log_text()
+        );
     }
 }

@@ -320,6 +320,43 @@ static int refused(const char *socket) {
     return 0;
 }
 
+/* The daemon restarts (without the fd store) while two leases are held:
+   the next call fails with BUILDDIR_ERR_IO, builddir_reconnect takes both
+   over, and they work as before. The driver restarts the daemon when this
+   prints "RESTART NOW" and writes a line to stdin when it is back. */
+static int reconnect(const char *socket) {
+    fdset base = open_fds();
+    builddir_conn *c = connect_ok(socket);
+    builddir_lease a, b;
+    allocate_ok(c, "capi-reconnect-a", NULL, NULL, &a);
+    allocate_ok(c, "capi-reconnect-b", NULL, NULL, &b);
+    printf("RESTART NOW\n");
+    fflush(stdout);
+    char line[16];
+    CHECK(fgets(line, sizeof line, stdin) != NULL, "driver did not answer");
+    builddir_lease x;
+    builddir_status s = builddir_allocate(c, "after-restart", NULL, NULL, &x, err, sizeof err);
+    CHECK(s == BUILDDIR_ERR_IO, "call on the dead connection: %s: %s", ST(s), err);
+    uint32_t lost = 99;
+    s = builddir_reconnect(c, &lost, err, sizeof err);
+    CHECK(s == BUILDDIR_OK && lost == 0, "reconnect: %s: %s (lost %u)", ST(s), err, lost);
+    check_new_fds_cloexec(&base);
+    write_file_at(a.dir_fd, "still-mine", "yes\n", 0644);
+    CHECK(access(a.path, F_OK) == 0 && access(b.path, F_OK) == 0, "a lease vanished");
+    char a_path[BUILDDIR_PATH_MAX];
+    strcpy(a_path, a.path);
+    builddir_outcome o;
+    s = builddir_release(c, &a, &o, err, sizeof err);
+    CHECK(s == BUILDDIR_OK && gone(a_path), "release after reconnect: %s: %s", ST(s), err);
+    s = builddir_keep(c, &b, &o, err, sizeof err);
+    CHECK(s == BUILDDIR_OK && o.kept_path[0] == '/', "keep after reconnect: %s: %s", ST(s), err);
+    s = builddir_reconnect(NULL, NULL, err, sizeof err);
+    CHECK(s == BUILDDIR_ERR_INVALID_ARGUMENT, "NULL conn: %s", ST(s));
+    builddir_close(c);
+    check_fds_back_to(&base);
+    return 0;
+}
+
 /* Past the daemon's connection limit for this uid (one): busy. */
 static int busy(const char *socket) {
     fdset base = open_fds();
@@ -515,6 +552,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(what, "down")) rc = down(socket);
     else if (!strcmp(what, "refused")) rc = refused(socket);
     else if (!strcmp(what, "busy")) rc = busy(socket);
+    else if (!strcmp(what, "reconnect")) rc = reconnect(socket);
     else if (!strcmp(what, "args")) rc = args(socket);
     else if (!strcmp(what, "fork") && argc == 4) rc = forking(socket, argv[3]);
     else fprintf(stderr, "capi_test: unknown scenario %s\n", what);

@@ -122,6 +122,18 @@ void builddir_close(builddir_conn *conn);
 builddir_status builddir_set_timeout(builddir_conn *conn, uint32_t timeout_ms,
                                      char *err, size_t errlen);
 
+/* After a call failed with BUILDDIR_ERR_IO because the daemon restarted (and it does not
+   keep connections in systemd's fd store): connects again to the same socket and takes over
+   every lease held on conn, which the daemon keeps for its reclaim grace period. Leases and
+   their dir_fds stay valid. Leases the daemon no longer has are dropped from conn (their
+   dir_fd closed; ending them is BUILDDIR_ERR_INVALID_ARGUMENT) and counted in *lost (lost
+   may be NULL). Use it only after BUILDDIR_ERR_IO: leases still held by a live old
+   connection cannot be taken over and count as lost. On failure conn keeps its old
+   connection and the call may be retried (leases taken over before the failure may then
+   count as lost). */
+builddir_status builddir_reconnect(builddir_conn *conn, uint32_t *lost,
+                                   char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

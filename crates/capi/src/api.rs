@@ -290,3 +290,37 @@ pub unsafe extern "C" fn builddir_set_timeout(
     // SAFETY: `err`/`errlen` per this function's contract.
     unsafe { report(result, err, errlen) }
 }
+
+/// Connects again to the same socket and takes over the connection's
+/// leases (after a daemon restart without the fd store); `*lost` (if not
+/// NULL) is how many the daemon no longer had.
+///
+/// # Safety
+/// See [`builddir_allocate`]; `lost` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn builddir_reconnect(
+    conn: *mut builddir_conn,
+    lost: *mut u32,
+    err: *mut c_char,
+    errlen: usize,
+) -> builddir_status {
+    let result = run(|| {
+        // SAFETY: NULL or writable (contract).
+        let mut lost = unsafe { lost.as_mut() };
+        if let Some(n) = lost.as_mut() {
+            **n = 0;
+        }
+        if conn.is_null() {
+            return Err(null("conn"));
+        }
+        // SAFETY: a live connection from builddir_connect (contract).
+        let conn = unsafe { &mut *conn };
+        let n = conn.reconnect()?;
+        if let Some(l) = lost {
+            *l = n;
+        }
+        Ok(())
+    });
+    // SAFETY: `err`/`errlen` per this function's contract.
+    unsafe { report(result, err, errlen) }
+}

@@ -24,6 +24,8 @@ pub struct Conn {
     /// The process that connected: a forked child must not talk on the
     /// parent's socket (their frames would interleave).
     pid: Pid,
+    /// The timeout set by `builddir_set_timeout`, for a new connection.
+    timeout: Option<std::time::Duration>,
 }
 
 /// A lease allocated on this connection: its directory, and the identity
@@ -71,6 +73,7 @@ impl Conn {
             client,
             leases: HashMap::new(),
             pid: getpid(),
+            timeout: None,
         })
     }
 
@@ -189,6 +192,36 @@ impl Conn {
     /// See `builddir_set_timeout`.
     pub fn set_timeout(&mut self, t: Option<std::time::Duration>) -> Result<(), Failure> {
         self.same_process()?;
-        Ok(self.client.set_timeout(t)?)
+        self.client.set_timeout(t)?;
+        self.timeout = t;
+        Ok(())
+    }
+
+    /// Replaces the connection with a new one to the same socket and takes
+    /// over every lease held on the old one (after a daemon restart without
+    /// the fd store). Leases the daemon no longer has are dropped (their
+    /// descriptors closed); returns how many. On failure the connection is
+    /// left as it was, and the call can be retried.
+    pub fn reconnect(&mut self) -> Result<u32, Failure> {
+        self.same_process()?;
+        let mut client = Client::connect(self.client.socket())?;
+        client.set_timeout(self.timeout)?;
+        let mut gone = Vec::new();
+        for (id, held) in &self.leases {
+            match client.reclaim_dir(&held.dir) {
+                Ok(()) => {}
+                Err(builddir_client::Error::Server(r)) if r.kind == ErrorKind::NotFound => {
+                    gone.push(id.clone())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.client = client;
+        for id in &gone {
+            if let Some(held) = self.leases.remove(id) {
+                close_if_ours(held.dir, held.dev, held.ino);
+            }
+        }
+        Ok(gone.len() as u32)
     }
 }

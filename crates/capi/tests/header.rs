@@ -69,6 +69,12 @@ functions! {
         *mut c_char => "char *",
         usize => "size_t"
     ) -> builddir_status => "builddir_status";
+    builddir_reconnect(
+        *mut builddir_conn => "builddir_conn *",
+        *mut u32 => "uint32_t *",
+        *mut c_char => "char *",
+        usize => "size_t"
+    ) -> builddir_status => "builddir_status";
 }
 
 fn header() -> PathBuf {
