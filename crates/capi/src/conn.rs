@@ -163,32 +163,7 @@ impl Conn {
         }
         Ok(released)
     }
-}
 
-/// Closes the lease's descriptor if the number still refers to the build
-/// dir we received (the caller may have closed it, and the number been
-/// reused); otherwise leaves that number alone.
-fn close_if_ours(dir: BuildDir, dev: u64, ino: u64) {
-    let same = rustix::fs::fstat(dir.dir()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino);
-    if same {
-        drop(dir);
-    } else {
-        // Not ours any more: forget the number without closing it.
-        let _ = dir.into_dir().into_raw_fd();
-    }
-}
-
-impl Drop for Conn {
-    /// Closing the socket releases every lease on the daemon's side; the
-    /// directory descriptors are closed the same careful way.
-    fn drop(&mut self) {
-        for (_, Held { dir, dev, ino }) in self.leases.drain() {
-            close_if_ours(dir, dev, ino);
-        }
-    }
-}
-
-impl Conn {
     /// See `builddir_set_timeout`.
     pub fn set_timeout(&mut self, t: Option<std::time::Duration>) -> Result<(), Failure> {
         self.same_process()?;
@@ -223,5 +198,28 @@ impl Conn {
             }
         }
         Ok(gone.len() as u32)
+    }
+}
+
+/// Closes the lease's descriptor if the number still refers to the build
+/// dir we received (the caller may have closed it, and the number been
+/// reused); otherwise leaves that number alone.
+fn close_if_ours(dir: BuildDir, dev: u64, ino: u64) {
+    let same = rustix::fs::fstat(dir.dir()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino);
+    if same {
+        drop(dir);
+    } else {
+        // Not ours any more: forget the number without closing it.
+        let _ = dir.into_dir().into_raw_fd();
+    }
+}
+
+impl Drop for Conn {
+    /// Closing the socket releases every lease on the daemon's side; the
+    /// directory descriptors are closed the same careful way.
+    fn drop(&mut self) {
+        for (_, Held { dir, dev, ino }) in self.leases.drain() {
+            close_if_ours(dir, dev, ino);
+        }
     }
 }
