@@ -6,7 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use builddir_tests::{
-    bin, eventually, require_root, Daemon, DaemonOpts, Ident, Probe, Scratch, USER_A, USER_B,
+    bin, bin_for_others, eventually, require_root, Daemon, DaemonOpts, Ident, Probe, Scratch,
+    USER_A, USER_B,
 };
 
 fn with_config(tag: &str, config: &str) -> Daemon {
@@ -35,7 +36,7 @@ fn ctl_as(d: &Daemon, who: Ident, groups: &[u32], args: &[&str]) -> std::process
     } else {
         cmd.arg(format!("--groups={}", groups.join(",")));
     }
-    cmd.arg(bin("builddir-ctl"))
+    cmd.arg(bin_for_others("builddir-ctl"))
         .arg("--socket")
         .arg(&d.socket)
         .args(args);
@@ -451,55 +452,4 @@ fn check_reports_each_problem_with_its_fix_and_passes_a_good_host() {
         "{root_finding}"
     );
     builddir_tests::unmount_below(&root);
-}
-
-#[test]
-fn metrics_parse_as_prometheus_text_and_counters_move() {
-    if !require_root("metrics") {
-        return;
-    }
-    let d = Daemon::start("metrics");
-    let parse = |text: &str| -> serde_json::Value {
-        let script = "import sys, json\nfrom prometheus_client.parser import text_string_to_metric_families\nout = {}\nfor fam in text_string_to_metric_families(sys.stdin.read()):\n    for s in fam.samples:\n        key = s.name + ''.join(sorted('{%s=%s}' % kv for kv in s.labels.items()))\n        out[key] = s.value\nprint(json.dumps(out))\n";
-        let mut child = Command::new("python3")
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "prometheus_client rejected the metrics (pip install prometheus-client): {}\n{text}",
-            stderr(&out)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let metrics = || String::from_utf8(d.ctl(&["metrics"]).stdout).unwrap();
-    let before = parse(&metrics());
-    assert!(d.ctl(&["run", "--", "true"]).status.success());
-    let _ = Probe::start(&d.socket, USER_A, "x"); // dropped at once
-    let refused = d.ctl(&["release", "0000000000000000"]);
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(eventually(Duration::from_secs(10), || d
-        .entries("trash")
-        .is_empty()));
-    let after = parse(&metrics());
-    let get = |m: &serde_json::Value, k: &str| {
-        m[k].as_f64()
-            .unwrap_or_else(|| panic!("missing {k} in {m}"))
-    };
-    assert_eq!(
-        get(&after, "builddird_allocations_total") - get(&before, "builddird_allocations_total"),
-        2.0
-    );
-    assert!(get(&after, "builddird_reaped_trees_total") >= 2.0);
-    assert_eq!(
-        get(&after, "builddird_refusals_total{reason=not-found}"),
-        1.0
-    );
-    assert!(get(&after, "builddird_free_bytes") > 0.0);
-    assert_eq!(get(&after, "builddird_leases{state=live}"), 0.0);
 }

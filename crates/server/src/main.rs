@@ -21,7 +21,9 @@ use builddir_server::systemd::notify;
 
 /// The builddird daemon. Every flag overrides the same key of the config file.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+// The binary's name, not the package's (`builddird --version` prints
+// `builddird X.Y.Z`).
+#[command(name = "builddird", version, about)]
 struct Args {
     /// Configuration file (TOML). A missing default file means defaults.
     #[arg(long, value_name = "PATH")]
