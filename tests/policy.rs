@@ -453,3 +453,101 @@ fn check_reports_each_problem_with_its_fix_and_passes_a_good_host() {
     );
     builddir_tests::unmount_below(&root);
 }
+
+#[test]
+fn run_owner_makes_the_dir_for_another_user_for_root_and_grant_holders_only() {
+    if !require_root("run_owner") {
+        return;
+    }
+    let d = with_config(
+        "runowner",
+        "[[owner_grants]]\nusers = [\"61001\"]\nuids = [\"61010-61020\"]\ngids = [\"61010\"]\n",
+    );
+    // Root, by numbers: the directory is the owner's and CMD runs as the
+    // owner, inside it.
+    let out = d.ctl(&[
+        "run",
+        "--owner",
+        "61004:61005",
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; stat -c '%u %g %a' .",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "61004\n61005\n61005\n61004 61005 700\n"
+    );
+    // Root, by names (user only: its primary group).
+    let out = d.ctl(&[
+        "run",
+        "--owner",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        "stat -c '%u %g' .",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let nobody = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f[0] == "nobody").then(|| format!("{} {}\n", f[2], f[3]))
+        })
+        .expect("a nobody account");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), nobody);
+
+    // An unprivileged caller without a grant for that owner: one line,
+    // the cause and the fix.
+    let out = ctl_as(
+        &d,
+        USER_B,
+        &[],
+        &["run", "--owner", "61011:61010", "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("permission-denied") && err.contains("owner_grants"),
+        "{err}"
+    );
+    assert!(d.list_all().is_empty());
+
+    // A grant holder: the directory is the owner's; CMD runs as the caller
+    // (who cannot enter it) and learns the path from BUILDDIR_PATH.
+    let xchg = d.scratch.dir.join("xchg");
+    std::fs::create_dir(&xchg).unwrap();
+    std::fs::set_permissions(&xchg, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let script = format!(
+        "echo \"$BUILDDIR_PATH\" > {x}/path; while [ ! -e {x}/go ]; do sleep 0.05; done",
+        x = xchg.display()
+    );
+    let mut child = Command::new("setpriv")
+        .arg(format!("--reuid={}", USER_A.uid))
+        .arg(format!("--regid={}", USER_A.gid))
+        .arg("--clear-groups")
+        .arg(bin_for_others("builddir-ctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["run", "--owner", "61011:61010", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(
+            xchg.join("path")
+        )
+        .is_ok_and(|p| p.ends_with("/build\n"))),
+        "{}",
+        d.log_text()
+    );
+    let path = std::fs::read_to_string(xchg.join("path")).unwrap();
+    let m = std::fs::metadata(path.trim()).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (61011, 61010, 0o700));
+    std::fs::write(xchg.join("go"), "").unwrap();
+    let status = builddir_tests::wait_timeout(&mut child, Duration::from_secs(10)).unwrap();
+    assert!(status.success());
+}
