@@ -344,3 +344,35 @@ fn versions_and_help_texts_name_the_binaries_and_every_argument() {
 }
 
 use std::os::unix::process::CommandExt;
+
+#[test]
+fn a_hand_run_daemon_takes_down_its_idle_mount_on_ctrl_c_and_says_what_stays() {
+    if !require_root("a_hand_run_daemon_takes_down_its_idle_mount_on_ctrl_c") {
+        return;
+    }
+    let mut d = Daemon::start("ctrlc");
+    assert!(d.root_is_mounted());
+    assert!(d.interrupt().success(), "{}", d.log_text());
+    assert!(!d.root_is_mounted(), "{}", d.log_text());
+    let root = d.root.display().to_string();
+    assert!(
+        d.log_text().contains(&format!("unmounted {root}")),
+        "{}",
+        d.log_text()
+    );
+
+    // A live lease whose client will reclaim it from the next daemon: the
+    // mount stays, and the log says so and how to remove it.
+    d.spawn();
+    let probe = builddir_tests::Probe::start(&d.socket, builddir_tests::USER_A, "held");
+    assert!(d.interrupt().success(), "{}", d.log_text());
+    assert!(d.root_is_mounted(), "{}", d.log_text());
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("stays mounted"))
+        .unwrap_or_else(|| panic!("no line says the mount stays:\n{log}"));
+    assert!(line.contains("1 live lease"), "{line}");
+    assert!(line.contains(&format!("umount {root}")), "{line}");
+    drop(probe);
+}

@@ -324,6 +324,22 @@ impl Daemon {
         wait_timeout(&mut c, Duration::from_secs(10)).expect("builddird did not stop on SIGTERM")
     }
 
+    /// SIGINT (Ctrl-C in a terminal) and wait; returns the exit status.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        wait_timeout(&mut c, Duration::from_secs(10)).expect("builddird did not stop on SIGINT")
+    }
+
+    /// Returns true if and only if `root` itself is a mount point now.
+    pub fn root_is_mounted(&self) -> bool {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self.root.to_string_lossy();
+        info.lines()
+            .any(|l| l.split(' ').nth(4) == Some(root.as_ref()))
+    }
+
     /// Number of open fds of the daemon process.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
