@@ -1,4 +1,4 @@
-//! The adversarial suite (issue 3): a hostile build attacks the reaper, the
+//! The adversarial suite: a hostile build attacks the reaper, the
 //! allocation path, the protocol and the policy. Each test names its attack.
 //! After every case the outside-world canary — a root-owned file and
 //! directory outside the tree — must be byte-for-byte unchanged.

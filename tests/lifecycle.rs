@@ -1,5 +1,5 @@
 //! A lease's life: allocation as another uid, privacy, exec, release,
-//! disconnect, keep, and what `list` shows (issue 2, acceptance 2 and 4).
+//! disconnect, keep, and what `list` shows.
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;

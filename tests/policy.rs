@@ -1,4 +1,4 @@
-//! Policy, limits, keep-failed and the operator's toolbox (issue 4).
+//! Policy, limits, keep-failed and the operator's toolbox.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;

@@ -1,5 +1,4 @@
-//! Start, refusal, restart and socket activation of the real daemon
-//! (issue 2, acceptance 3, 5 and 6).
+//! Start, refusal, restart and socket activation of the real daemon.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};

@@ -161,7 +161,7 @@ nspawn_args=(
     --directory="$root"
     --machine="$machine"
     --private-network
-    # The hardened-host situation of SPEC §1: /tmp is noexec.
+    # The hardened-host situation this project exists for: /tmp is noexec.
     --tmpfs=/tmp:mode=1777,nosuid,nodev,noexec
     --console=read-only
     --register=no
@@ -338,7 +338,7 @@ guser "$guest_bin/builddir-ctl" run -- sh -c 'exit 7' >/dev/null 2>&1; rc=$?
 check "3. builddir-ctl run passes the exit status through (7) [$rc]" test "$rc" = 7
 
 # --------------------------------------------------------- 4. audit trail ---
-# SPEC §3: structured fields LEASE_ID, UID, PID, PATH as journald fields.
+# Structured fields LEASE_ID, UID, PID, PATH as journald fields.
 journal_json() { gexec journalctl -o json --no-pager -u builddird.service 2>/dev/null; }
 journal_has() {
     journal_json | grep -F "\"LEASE_ID\":\"$lease_id\"" | grep -Fq "\"UID\":\"$guest_uid\""
@@ -405,7 +405,7 @@ check "5. journal records the watchdog timeout" watchdog_logged
 out=$(guser "$guest_bin/builddir-ctl" status 2>&1); rc=$?
 check "5. the restarted daemon serves requests" test "$rc" = 0
 
-# Restart with a lease held (SPEC §8, issue 5): the lease's connection sits
+# Restart with a lease held: the lease's connection sits
 # in systemd's file descriptor store, so the restart is invisible to the
 # build — its dir stays, it stays listed, and its release after the restart
 # deletes it.
@@ -447,7 +447,7 @@ check "5. its release after the restart deleted the dir" \
     wait_for 10 gexec test ! -e "${held_path:-/nonexistent}"
 ctl_bg_pid=
 
-# SIGTERM: STOPPING=1 and exit 0 (SPEC §3).
+# SIGTERM: STOPPING=1 and exit 0.
 gexec systemctl stop builddird.service
 stop_result="$(prop builddird.service Result) $(prop builddird.service ExecMainCode)/$(prop builddird.service ExecMainStatus)"
 check "5. systemctl stop: the daemon exits 0 on SIGTERM [Result ExecMainCode/Status: $stop_result]" \

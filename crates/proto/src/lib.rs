@@ -29,7 +29,7 @@ pub use error::ProtoError;
 pub use message::*;
 pub use version::{negotiate, MAGIC, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 
-/// Largest frame payload either side accepts, in bytes (SPEC §4).
+/// Largest frame payload either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
 /// Default path of the daemon's socket.
