@@ -7,9 +7,9 @@
 #   ./install.sh --deb FILE   install and start an already built package
 #
 # What it changes on this host:
-#   - apt-get installs what the build needs when missing (gcc, libc6-dev,
-#     pkg-config); cargo itself must already be there (Rust >= 1.85, e.g.
-#     from rustup: Debian 12's own rustc is too old)
+#   - apt-get installs what the build needs when missing (gcc, libc6-dev);
+#     without a cargo >= 1.85 on PATH (or in ~/.cargo/bin), installs Rust
+#     with rustup into ~/.cargo and ~/.rustup (Debian 12's rustc is too old)
 #   - target/ in the checkout (cargo build --release; the .deb in target/debian)
 #   - installs the package "builddird": /usr/bin/builddird, /usr/bin/builddir-ctl,
 #     units in /usr/lib/systemd/system, /usr/lib/sysusers.d/builddird.conf,
@@ -32,7 +32,7 @@ deb=
 case "${1:-}" in
 --deb) deb=${2:?--deb needs a file}; [ -f "$deb" ] || { echo "install.sh: no file $deb" >&2; exit 1; } ;;
 "") ;;
--h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+-h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 *) echo "install.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
 esac
 [ "$(id -u)" = 0 ] || { echo "install.sh: run it as root (it installs a package and mounts /var/lib/builddird)" >&2; exit 1; }
@@ -42,12 +42,9 @@ export DEBIAN_FRONTEND=noninteractive
 say() { echo "install.sh: $*"; }
 
 if [ -z "$deb" ]; then
-    # A cargo from rustup is often not on root's PATH in a fresh shell.
-    [ -x "$HOME/.cargo/bin/cargo" ] && PATH=$HOME/.cargo/bin:$PATH
-    if ! command -v cargo >/dev/null; then
-        echo "install.sh: cargo not found: install Rust >= 1.85 (https://rustup.rs), then run ./install.sh again" >&2
-        exit 1
-    fi
+    # shellcheck source=packaging/ensure-cargo.sh
+    . "$here/packaging/ensure-cargo.sh"
+    ensure_cargo || exit 1
     need=()
     command -v cc >/dev/null || need+=(gcc libc6-dev)
     command -v dpkg-deb >/dev/null || need+=(dpkg)

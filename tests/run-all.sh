@@ -19,19 +19,19 @@
 #
 # Every suite runs even if an earlier one failed; a summary at the end names
 # each with its result and time. Exit status 0 only if all passed.
-#
-# cargo (Rust >= 1.85) must be on PATH (or in ~/.cargo/bin).
+#   - without a cargo >= 1.85 on PATH (or in ~/.cargo/bin): Rust from
+#     rustup in ~/.cargo and ~/.rustup (Debian 12's own rustc is too old)
 set -uo pipefail
 
 repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-[ -x "$HOME/.cargo/bin/cargo" ] && PATH=$HOME/.cargo/bin:$PATH
-
 if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run-all.sh: run it as root: the privileged suites mount, chown, switch uids and boot containers" >&2
     exit 1
 fi
-command -v cargo >/dev/null || { echo "tests/run-all.sh: cargo not found: install Rust >= 1.85 (https://rustup.rs)" >&2; exit 1; }
+# shellcheck source=packaging/ensure-cargo.sh
+. "$repo/packaging/ensure-cargo.sh"
+ensure_cargo || exit 1
 
 # ------------------------------------------------------------ what we need ---
 export DEBIAN_FRONTEND=noninteractive
