@@ -35,6 +35,8 @@ ensure_cargo || exit 1
 
 # ------------------------------------------------------------ what we need ---
 export DEBIAN_FRONTEND=noninteractive
+# Wait for another apt (unattended-upgrades, a parallel job) instead of failing.
+apt_get() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }
 need=()
 command -v unshare >/dev/null || need+=(util-linux)
 command -v setpriv >/dev/null || need+=(util-linux)
@@ -49,8 +51,8 @@ command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
     || need+=(python3 python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== apt-get install ${need[*]}"
-    apt-get update -qq
-    apt-get install -y -qq "${need[@]}"
+    apt_get update -qq
+    apt_get install -y -qq "${need[@]}"
 fi
 # The project-quota VM test. On Debian 12 from bookworm-backports: bookworm's
 # own 7.2 would remove the machine's backported qemu-utils (it conflicts with
@@ -59,10 +61,10 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
     if grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
         echo 'deb http://deb.debian.org/debian bookworm-backports main' \
             > /etc/apt/sources.list.d/bookworm-backports.list
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86
+        apt_get update -qq
+        apt_get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86
     else
-        apt-get install -y -qq --no-install-recommends qemu-system-x86
+        apt_get install -y -qq --no-install-recommends qemu-system-x86
     fi
 fi
 

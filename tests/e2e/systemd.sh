@@ -514,6 +514,10 @@ echo "SOCK=$(stat -c %a /run/builddird.sock 2>&1)"
 out=$(setpriv --reuid=builder --regid=builder --init-groups --reset-env -- \
     /usr/bin/builddir-ctl run -- sh -c 'cp /bin/true ./t && ./t && echo "EXEC_OK $PWD"' 2>&1)
 echo "RUN_RC=$? $out"
+# The README's Quickstart example, verbatim, as that user.
+out=$(setpriv --reuid=builder --regid=builder --init-groups --reset-env -- sh -c \
+    "builddir-ctl run -- sh -c 'printf \"#!/bin/sh\\necho hello from \\\$PWD\\n\" > hello && chmod +x hello && ./hello'" 2>&1)
+echo "README_RC=$? $out"
 echo "MOUNTED=$(findmnt -n -o OPTIONS --mountpoint /var/lib/builddird)"
 apt-get remove -y -q builddird > /var/tmp/remove.log 2>&1; echo "REMOVE_RC=$?"
 echo "LEFT=$(pgrep -x builddird | tr '\n' ' ')"
@@ -522,7 +526,9 @@ SCRIPT
 plain_args=(--quiet --directory="$root" --machine="$machine-plain" --private-network
     --register=no --as-pid2 --tmpfs=/tmp:mode=1777,nosuid,nodev,noexec --system-call-filter=quotactl_fd)
 [ -d /run/systemd/system ] || plain_args+=(--keep-unit)
-out=$(timeout 120 systemd-nspawn "${plain_args[@]}" /bin/bash /var/tmp/no-systemd.sh "$guest_deb" 2>&1)
+# (--console=pipe: no pseudo-terminal, so no \r in the output.)
+out=$(timeout 120 systemd-nspawn "${plain_args[@]}" --console=pipe \
+    /bin/bash /var/tmp/no-systemd.sh "$guest_deb" 2>&1 </dev/null | tr -d '\r')
 printf '%s\n' "$out" | diag
 nfield() { sed -n "s/^$1=//p" <<<"$out" | head -1; }
 if [ "$(nfield INSTALL_RC)" != 0 ] && [ -f "$root/var/tmp/install.log" ]; then
@@ -533,6 +539,8 @@ check "8. it started builddird by hand (pid $(nfield DAEMON_PID)) on a 666 socke
     test -n "$(nfield DAEMON_PID)" -a "$(nfield SOCK)" = 666
 check "8. the user runs a build with builddir-ctl run; exec works in its dir" \
     grep -q '^RUN_RC=0 EXEC_OK /var/lib/builddird/b/' <<<"$out"
+check "8. the README's Quickstart example works for that user (no Rust toolchain in the guest)" \
+    grep -q '^README_RC=0 hello from /var/lib/builddird/b/[0-9a-f]*/build$' <<<"$out"
 check "8. the daemon's mount is nosuid,nodev,exec [$(nfield MOUNTED)]" exec_mount_opts "$(nfield MOUNTED)"
 check "8. apt remove succeeds [$(nfield REMOVE_RC)]" test "$(nfield REMOVE_RC)" = 0
 check "8. after apt remove no builddird runs [$(nfield LEFT)]" test -z "$(nfield LEFT)"
