@@ -98,6 +98,9 @@ step "suites from a 0700 checkout" tests/e2e/private-checkout.sh
 step "build (release)" cargo build --release --bins
 step "package (.deb)" packaging/deb/build.sh
 step "systemd container" tests/e2e/systemd.sh
+#    README's ./install.sh as written, without systemd, from a 0700 checkout
+#    (in a container of the same cached root).
+step "install.sh" tests/e2e/install-script.sh
 # 4. Project quotas in a VM with Debian's kernel.
 step "project quotas (VM)" tests/e2e/quota-vm.sh
 # 5. Static checks of the units, and of the NixOS files.
