@@ -24,7 +24,7 @@
 set -uo pipefail
 
 repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
+cd "$repo" || exit 1
 if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run-all.sh: run it as root: the privileged suites mount, chown, switch uids and boot containers" >&2
     exit 1

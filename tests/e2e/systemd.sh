@@ -523,6 +523,7 @@ apt-get remove -y -q builddird > /var/tmp/remove.log 2>&1; echo "REMOVE_RC=$?"
 echo "LEFT=$(pgrep -x builddird | tr '\n' ' ')"
 echo "MOUNT_LEFT=$(findmnt -n -o TARGET --mountpoint /var/lib/builddird)"
 SCRIPT
+# shellcheck disable=SC2054  # the commas are mount options
 plain_args=(--quiet --directory="$root" --machine="$machine-plain" --private-network
     --register=no --as-pid2 --tmpfs=/tmp:mode=1777,nosuid,nodev,noexec --system-call-filter=quotactl_fd)
 [ -d /run/systemd/system ] || plain_args+=(--keep-unit)
