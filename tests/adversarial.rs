@@ -1,4 +1,4 @@
-//! The adversarial suite (issue 3): a hostile build attacks the reaper, the
+//! The adversarial suite: a hostile build attacks the reaper, the
 //! allocation path, the protocol and the policy. Each test names its attack.
 //! After every case the outside-world canary — a root-owned file and
 //! directory outside the tree — must be byte-for-byte unchanged.
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use builddir_proto::{codec, ErrorKind, Hello, HelloReply, Request, Response};
 use builddir_tests::wire::{frame, raw, read_msg};
 use builddir_tests::{
-    bin, eventually, require_root, unmount_below, Daemon, DaemonOpts, Ident, Probe, USER_A, USER_B,
+    bin_for_others, eventually, require_root, unmount_below, Daemon, DaemonOpts, Ident, Probe,
+    USER_A, USER_B,
 };
 
 /// Root-owned files outside every tree, with known content, mode and owner.
@@ -85,7 +86,7 @@ struct Attack {
 
 impl Attack {
     fn start(d: &Daemon, canary: &Canary, who: Ident, scenario: &str, n: u64, secs: f64) -> Attack {
-        let mut child = Command::new(bin("bd-attack"))
+        let mut child = Command::new(bin_for_others("bd-attack"))
             .arg(&d.socket)
             .arg(scenario)
             .arg(&canary.dir)

@@ -1,4 +1,4 @@
-//! Per-build size limits (issue 8): with `lease_backend = "tmpfs"` each
+//! Per-build size limits: with `lease_backend = "tmpfs"` each
 //! lease is its own tmpfs, so a runaway build fills only its own tree.
 //!
 //! Project quotas (`lease_backend = "project-quota"`): here, what the daemon

@@ -1,4 +1,4 @@
-//! Policy, limits, keep-failed and the operator's toolbox (issue 4).
+//! Policy, limits, keep-failed and the operator's toolbox.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -6,7 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use builddir_tests::{
-    bin, eventually, require_root, Daemon, DaemonOpts, Ident, Probe, Scratch, USER_A, USER_B,
+    bin, bin_for_others, eventually, require_root, Daemon, DaemonOpts, Ident, Probe, Scratch,
+    USER_A, USER_B,
 };
 
 fn with_config(tag: &str, config: &str) -> Daemon {
@@ -35,7 +36,7 @@ fn ctl_as(d: &Daemon, who: Ident, groups: &[u32], args: &[&str]) -> std::process
     } else {
         cmd.arg(format!("--groups={}", groups.join(",")));
     }
-    cmd.arg(bin("builddir-ctl"))
+    cmd.arg(bin_for_others("builddir-ctl"))
         .arg("--socket")
         .arg(&d.socket)
         .args(args);
@@ -454,52 +455,99 @@ fn check_reports_each_problem_with_its_fix_and_passes_a_good_host() {
 }
 
 #[test]
-fn metrics_parse_as_prometheus_text_and_counters_move() {
-    if !require_root("metrics") {
+fn run_owner_makes_the_dir_for_another_user_for_root_and_grant_holders_only() {
+    if !require_root("run_owner") {
         return;
     }
-    let d = Daemon::start("metrics");
-    let parse = |text: &str| -> serde_json::Value {
-        let script = "import sys, json\nfrom prometheus_client.parser import text_string_to_metric_families\nout = {}\nfor fam in text_string_to_metric_families(sys.stdin.read()):\n    for s in fam.samples:\n        key = s.name + ''.join(sorted('{%s=%s}' % kv for kv in s.labels.items()))\n        out[key] = s.value\nprint(json.dumps(out))\n";
-        let mut child = Command::new("python3")
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3");
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "prometheus_client rejected the metrics (pip install prometheus-client): {}\n{text}",
-            stderr(&out)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let metrics = || String::from_utf8(d.ctl(&["metrics"]).stdout).unwrap();
-    let before = parse(&metrics());
-    assert!(d.ctl(&["run", "--", "true"]).status.success());
-    let _ = Probe::start(&d.socket, USER_A, "x"); // dropped at once
-    let refused = d.ctl(&["release", "0000000000000000"]);
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(eventually(Duration::from_secs(10), || d
-        .entries("trash")
-        .is_empty()));
-    let after = parse(&metrics());
-    let get = |m: &serde_json::Value, k: &str| {
-        m[k].as_f64()
-            .unwrap_or_else(|| panic!("missing {k} in {m}"))
-    };
-    assert_eq!(
-        get(&after, "builddird_allocations_total") - get(&before, "builddird_allocations_total"),
-        2.0
+    let d = with_config(
+        "runowner",
+        "[[owner_grants]]\nusers = [\"61001\"]\nuids = [\"61010-61020\"]\ngids = [\"61010\"]\n",
     );
-    assert!(get(&after, "builddird_reaped_trees_total") >= 2.0);
+    // Root, by numbers: the directory is the owner's and CMD runs as the
+    // owner, inside it.
+    let out = d.ctl(&[
+        "run",
+        "--owner",
+        "61004:61005",
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; stat -c '%u %g %a' .",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        get(&after, "builddird_refusals_total{reason=not-found}"),
-        1.0
+        String::from_utf8_lossy(&out.stdout),
+        "61004\n61005\n61005\n61004 61005 700\n"
     );
-    assert!(get(&after, "builddird_free_bytes") > 0.0);
-    assert_eq!(get(&after, "builddird_leases{state=live}"), 0.0);
+    // Root, by names (user only: its primary group).
+    let out = d.ctl(&[
+        "run",
+        "--owner",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        "stat -c '%u %g' .",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let nobody = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f[0] == "nobody").then(|| format!("{} {}\n", f[2], f[3]))
+        })
+        .expect("a nobody account");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), nobody);
+
+    // An unprivileged caller without a grant for that owner: one line,
+    // the cause and the fix.
+    let out = ctl_as(
+        &d,
+        USER_B,
+        &[],
+        &["run", "--owner", "61011:61010", "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("permission-denied") && err.contains("owner_grants"),
+        "{err}"
+    );
+    assert!(d.list_all().is_empty());
+
+    // A grant holder: the directory is the owner's; CMD runs as the caller
+    // (who cannot enter it) and learns the path from BUILDDIR_PATH.
+    let xchg = d.scratch.dir.join("xchg");
+    std::fs::create_dir(&xchg).unwrap();
+    std::fs::set_permissions(&xchg, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let script = format!(
+        "echo \"$BUILDDIR_PATH\" > {x}/path; while [ ! -e {x}/go ]; do sleep 0.05; done",
+        x = xchg.display()
+    );
+    let mut child = Command::new("setpriv")
+        .arg(format!("--reuid={}", USER_A.uid))
+        .arg(format!("--regid={}", USER_A.gid))
+        .arg("--clear-groups")
+        .arg(bin_for_others("builddir-ctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["run", "--owner", "61011:61010", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(
+            xchg.join("path")
+        )
+        .is_ok_and(|p| p.ends_with("/build\n"))),
+        "{}",
+        d.log_text()
+    );
+    let path = std::fs::read_to_string(xchg.join("path")).unwrap();
+    let m = std::fs::metadata(path.trim()).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (61011, 61010, 0o700));
+    std::fs::write(xchg.join("go"), "").unwrap();
+    let status = builddir_tests::wait_timeout(&mut child, Duration::from_secs(10)).unwrap();
+    assert!(status.success());
 }

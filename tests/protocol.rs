@@ -1,4 +1,4 @@
-//! Misbehaving peers (issue 2, acceptance 7): each gets a typed error or a
+//! Misbehaving peers: each gets a typed error or a
 //! closed connection; the daemon keeps serving others and its fd count
 //! returns to where it was.
 

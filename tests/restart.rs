@@ -1,4 +1,4 @@
-//! Restart and upgrade without destroying running builds (issue 5).
+//! Restart and upgrade without destroying running builds.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};

@@ -1,4 +1,4 @@
-//! The seed scenario (SPEC §1, §7; issue 2 acceptance 1): on a host whose
+//! The seed scenario (the problem this project exists for): on a host whose
 //! `/tmp` is a `noexec` tmpfs, a crate with a build script fails with
 //! `os error 13` when its target dir is under `/tmp`, and builds under
 //! `builddir-ctl run`; the lease directory is gone afterwards.

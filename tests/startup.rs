@@ -1,5 +1,4 @@
-//! Start, refusal, restart and socket activation of the real daemon
-//! (issue 2, acceptance 3, 5 and 6).
+//! Start, refusal, restart and socket activation of the real daemon.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -402,6 +401,52 @@ fn config_errors_name_the_key_and_line() {
 }
 
 #[test]
+fn the_packaged_config_example_is_valid_with_every_key_uncommented() {
+    if !require_root("the_packaged_config_example_is_valid") {
+        return;
+    }
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.example.toml"),
+    )
+    .unwrap();
+    // `# key = value` and `# [[table]]` lines become live; prose stays.
+    let live: String = example
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with("[[")
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                rest.to_owned()
+            }
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        live.lines().filter(|l| l.contains(" = ")).count() >= 25,
+        "{live}"
+    );
+    let s = Scratch::new("example");
+    let cfg = s.dir.join("config.toml");
+    std::fs::write(&cfg, &live).unwrap();
+    let out = Command::new(bin("builddird"))
+        .args(["--check", "--config"])
+        .arg(&cfg)
+        .arg("--root")
+        .arg(s.dir.join("root"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{live}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn restart_is_idempotent_on_an_existing_mount() {
     if !require_root("restart_is_idempotent_on_an_existing_mount") {
         return;
@@ -415,7 +460,10 @@ fn restart_is_idempotent_on_an_existing_mount() {
     );
     let before = mounts_at(&d.root);
     assert_eq!(before, 1);
-    d.terminate();
+    // Killed, so the mount stays (an idle daemon stopped by a signal takes
+    // down the mount it made).
+    d.kill9();
+    assert_eq!(mounts_at(&d.root), 1);
     d.spawn();
     assert_eq!(mounts_at(&d.root), 1, "restart stacked a second mount");
     assert!(d.ctl(&["status"]).status.success());

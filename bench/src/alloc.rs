@@ -2,7 +2,7 @@
 //!
 //! builddird, per operation: `Client::connect` (connect, hello sent),
 //! `allocate` (request pipelined behind the hello; welcome, then the reply
-//! with the fd) — the *alloc* figure, SPEC §8's
+//! with the fd) — the *alloc* figure, the target's
 //! round trip — then `release` (request, reply) — the *cycle* figure, the
 //! issue's round trip — then the connection closes.
 //!
@@ -178,7 +178,7 @@ pub fn daemon_block(rt: &Runtime, daemon: &Daemon, c: usize, per_worker: usize) 
 }
 
 /// Pushes the floor's row for `what` at concurrency `c`, then builddird's
-/// against it, with the SPEC §8 target for c = 1 (p50 ≤ 1.5×) and c = 64
+/// against it, with the target for c = 1 (p50 ≤ 1.5×) and c = 64
 /// (p99 ≤ 3×).
 fn push_vs_floor(
     report: &mut Report,
@@ -327,7 +327,7 @@ pub fn run(
             "alloc round trip",
             &fa,
             &d.alloc,
-            "connect, handshake, allocate, fd received (SPEC §8)",
+            "connect, handshake, allocate, fd received (the target)",
         );
         push_vs_floor(
             report,
@@ -336,7 +336,7 @@ pub fn run(
             "alloc+release cycle",
             &fc,
             &d.cycle,
-            "connect, handshake, allocate, fd received, release reply (issue 7)",
+            "connect, handshake, allocate, fd received, release reply",
         );
         for ((label, _), v) in variants.iter().zip(&vs) {
             let what = match *label {

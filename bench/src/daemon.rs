@@ -37,7 +37,7 @@ pub struct DaemonOpts {
     pub notify: bool,
 }
 
-/// Limits high enough for 10 000 leases, one connection each (SPEC §8).
+/// Limits high enough for 10 000 leases, one connection each (a target).
 pub const BENCH_CONFIG: &str = "\
 # builddir-bench: room for 10 000 leases, one connection each
 max_leases = 20000

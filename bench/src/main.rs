@@ -1,5 +1,5 @@
-//! `builddir-bench`: measures builddird against its floors (SPEC §8,
-//! issue 7). See `docs/benchmarks.md` for what each figure and floor is.
+//! `builddir-bench`: measures builddird against its floors and targets.
+//! See `docs/benchmarks.md` for what each figure and floor is.
 //!
 //! ```text
 //! cargo build --release --bins && cargo run --release -p builddir-bench -- all
@@ -58,7 +58,7 @@ enum Backing {
     Tmpfs,
 }
 
-/// Benchmark harness for builddird (SPEC §8). Needs root.
+/// Benchmark harness for builddird. Needs root.
 ///
 /// Every figure is printed as a table row while the run goes, and as JSON
 /// (one object per line) at the end. Defaults are the full set (under 5

@@ -2,7 +2,7 @@
 //!
 //! Every figure is one [`Row`]: its samples summarised as min / median /
 //! p99 (nearest rank), optionally the floor it is compared with (measured
-//! in the same run), and optionally a target from SPEC §8. A row is printed
+//! in the same run), and optionally a target (docs/benchmarks.md). A row is printed
 //! as a table line as soon as it is measured; at the end every row is
 //! printed again as one JSON object per line (and written to `--json`).
 
@@ -82,7 +82,7 @@ pub struct Floor {
     pub stats: Stats,
 }
 
-/// A SPEC §8 target.
+/// A performance target (docs/benchmarks.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     /// As the spec says it, e.g. "p50 <= 1.5x floor".

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Project quotas for real (issue 8, acceptance 2): runs as root *inside* the
+# Project quotas for real: runs as root *inside* the
 # VM that tests/e2e/quota-vm.sh boots with Debian's own kernel (which has
 # CONFIG_QFMT_V2 and CONFIG_XFS_QUOTA, unlike the CI host's).
 #

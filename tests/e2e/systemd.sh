@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# End-to-end test of builddird under a real systemd (SPEC §7).
+# End-to-end test of builddird under a real systemd.
 #
 # Boots a minimal Debian bookworm with `systemd-nspawn --boot` (systemd 252 as
-# PID 1 in the container), installs the project's binaries, units and sysusers
-# snippet into it, and checks socket activation, Type=notify, the mount, the
-# noexec-/tmp scenario, the journal audit trail, the watchdog, restart
-# behaviour, and a clean teardown.
+# PID 1 in the container), installs the project's Debian package into it
+# (`apt install ./builddird_*.deb`: binaries, units, sysusers snippet, the
+# postinst enabling the socket), and checks socket activation, Type=notify,
+# the mount, the noexec-/tmp scenario, the journal audit trail, the watchdog,
+# restart behaviour, `apt remove` (no mount, no daemon left), a clean
+# teardown, and then the same package on the same root without systemd as
+# PID 1 (install.sh --deb starts the daemon by hand; apt remove stops it).
 #
 # Usage (as root):   tests/e2e/systemd.sh
 # Environment:
 #   BUILDDIR_BIN_DIR          where builddird and builddir-ctl are
-#                             (default: <repo>/target/release)
+#                             (default: <repo>/target/release); the .deb
+#                             is built from them (packaging/deb/build.sh)
 #   BUILDDIR_E2E_CACHE        rootfs cache (default: /var/cache/builddird-e2e)
 #   BUILDDIR_E2E_MIRROR       Debian mirror for debootstrap
 #                             (default: http://deb.debian.org/debian)
@@ -36,8 +40,8 @@ arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 cache_key=$(printf '%s\n' "suite=$suite" "variant=$variant" "include=$packages" "arch=$arch" "v=1" \
     | sha256sum | cut -c1-16)
 
-# Must match ExecStart= in systemd/builddird.service.
-guest_bin=/usr/local/bin
+# Where the package puts the binaries (its unit's ExecStart=).
+guest_bin=/usr/bin
 guest_user=builder
 guest_root=/var/lib/builddird
 
@@ -139,13 +143,13 @@ if command -v systemd-id128 >/dev/null; then systemd-id128 new > "$root/etc/mach
 else tr -d '-' < /proc/sys/kernel/random/uuid > "$root/etc/machine-id"; fi
 echo "$machine" > "$root/etc/hostname"
 
-# The project: binaries at the ExecStart= path, units, sysusers snippet.
-install -m 0755 "$bin_dir/builddird" "$bin_dir/builddir-ctl" "$root$guest_bin/"
-install -m 0644 "$repo/systemd/builddird.socket" "$repo/systemd/builddird.service" "$root/etc/systemd/system/"
-install -D -m 0644 "$repo/systemd/builddird.sysusers.conf" "$root/etc/sysusers.d/builddird.conf"
-# = `systemctl enable builddird.socket` (the guest is not running yet).
-mkdir -p "$root/etc/systemd/system/sockets.target.wants"
-ln -sf /etc/systemd/system/builddird.socket "$root/etc/systemd/system/sockets.target.wants/builddird.socket"
+# The project: its Debian package, installed once the guest runs (its
+# postinst needs a running systemd), and install.sh for the run without it.
+deb=$("$repo/packaging/deb/build.sh" "$bin_dir" "$work/deb" | tail -1) \
+    || { echo "error: packaging/deb/build.sh failed" >&2; exit 1; }
+guest_deb=/var/tmp/$(basename "$deb")
+cp "$deb" "$root$guest_deb"
+install -m 0755 "$repo/install.sh" "$root/var/tmp/install.sh"
 # Quiet, bounded boot: no getty on the console.
 ln -sf /dev/null "$root/etc/systemd/system/console-getty.service"
 ln -sf /dev/null "$root/etc/systemd/system/getty@.service"
@@ -157,7 +161,7 @@ nspawn_args=(
     --directory="$root"
     --machine="$machine"
     --private-network
-    # The hardened-host situation of SPEC §1: /tmp is noexec.
+    # The hardened-host situation this project exists for: /tmp is noexec.
     --tmpfs=/tmp:mode=1777,nosuid,nodev,noexec
     --console=read-only
     --register=no
@@ -228,6 +232,17 @@ if [ "$state" != running ]; then
 fi
 check "guest systemd reached running (is-system-running: $state)" \
     test "$state" = running
+
+# ------------------------------------------------------ 0. the package ---
+out=$(gexec apt-get install -y -q "$guest_deb" 2>&1); rc=$?
+[ "$rc" = 0 ] || printf '%s\n' "$out" | tail -20 | diag
+check "0. apt install ./$(basename "$deb") succeeds in the guest [rc=$rc]" test "$rc" = 0
+enabled=$(gexec systemctl is-enabled builddird.socket 2>&1)
+check "0. postinst enabled builddird.socket [$enabled]" test "$enabled" = enabled
+grp=$(gexec getent group builddir 2>&1)
+check "0. postinst created the group builddir (systemd-sysusers) [$grp]" grep -q '^builddir:' <<<"$grp"
+exec_start=$(prop builddird.service ExecStart)
+check "0. the packaged unit runs $guest_bin/builddird" grep -q "path=$guest_bin/builddird " <<<"$exec_start"
 
 # -------------------------------------------------------- 1. socket idle ---
 sock_state=$(prop builddird.socket ActiveState)
@@ -323,7 +338,7 @@ guser "$guest_bin/builddir-ctl" run -- sh -c 'exit 7' >/dev/null 2>&1; rc=$?
 check "3. builddir-ctl run passes the exit status through (7) [$rc]" test "$rc" = 7
 
 # --------------------------------------------------------- 4. audit trail ---
-# SPEC §3: structured fields LEASE_ID, UID, PID, PATH as journald fields.
+# Structured fields LEASE_ID, UID, PID, PATH as journald fields.
 journal_json() { gexec journalctl -o json --no-pager -u builddird.service 2>/dev/null; }
 journal_has() {
     journal_json | grep -F "\"LEASE_ID\":\"$lease_id\"" | grep -Fq "\"UID\":\"$guest_uid\""
@@ -390,7 +405,7 @@ check "5. journal records the watchdog timeout" watchdog_logged
 out=$(guser "$guest_bin/builddir-ctl" status 2>&1); rc=$?
 check "5. the restarted daemon serves requests" test "$rc" = 0
 
-# Restart with a lease held (SPEC §8, issue 5): the lease's connection sits
+# Restart with a lease held: the lease's connection sits
 # in systemd's file descriptor store, so the restart is invisible to the
 # build — its dir stays, it stays listed, and its release after the restart
 # deletes it.
@@ -432,7 +447,7 @@ check "5. its release after the restart deleted the dir" \
     wait_for 10 gexec test ! -e "${held_path:-/nonexistent}"
 ctl_bg_pid=
 
-# SIGTERM: STOPPING=1 and exit 0 (SPEC §3).
+# SIGTERM: STOPPING=1 and exit 0.
 gexec systemctl stop builddird.service
 stop_result="$(prop builddird.service Result) $(prop builddird.service ExecMainCode)/$(prop builddird.service ExecMainStatus)"
 check "5. systemctl stop: the daemon exits 0 on SIGTERM [Result ExecMainCode/Status: $stop_result]" \
@@ -440,30 +455,98 @@ check "5. systemctl stop: the daemon exits 0 on SIGTERM [Result ExecMainCode/Sta
 check "5. after the stop the socket is still listening (next connection restarts the daemon)" \
     test "$(prop builddird.socket ActiveState)" = active
 
-# ------------------------------------------------------------ 6. teardown ---
+# ------------------------------------------------------- 6. apt remove ---
+# With the daemon running and its mount in place, removing the package stops
+# both and leaves no mount behind.
+guser "$guest_bin/builddir-ctl" status >/dev/null 2>&1
+wait_for 10 test "$(prop builddird.service SubState)" = running
+running_before=$(gexec pgrep -x builddird | tr '\n' ' ')
+mounted_before=$(gexec findmnt -n -o TARGET --mountpoint "$guest_root" 2>/dev/null)
+echo "#   before apt remove: builddird pid(s) ${running_before:-none}; mount ${mounted_before:-none}"
+out=$(gexec apt-get remove -y -q builddird 2>&1); rc=$?
+[ "$rc" = 0 ] || printf '%s\n' "$out" | tail -20 | diag
+check "6. apt remove builddird succeeds with the daemon running and mounted [rc=$rc]" \
+    test "$rc" = 0 -a -n "$running_before" -a -n "$mounted_before"
+left=$(gexec pgrep -x builddird | tr '\n' ' ')
+check "6. after apt remove no builddird process runs [${left:-none}]" test -z "$left"
+mnt_left=$(gexec findmnt -n -o TARGET,OPTIONS --mountpoint "$guest_root" 2>/dev/null)
+check "6. after apt remove nothing is mounted at $guest_root [${mnt_left:-none}]" test -z "$mnt_left"
+check "6. after apt remove /run/builddird.sock is gone" gexec test ! -e /run/builddird.sock
+sock_after=$(prop builddird.socket LoadState)
+check "6. after apt remove builddird.socket is gone [LoadState=$sock_after]" test "$sock_after" = not-found
+check "6. after apt remove builddir-ctl is gone" gexec test ! -e "$guest_bin/builddir-ctl"
+
+# ------------------------------------------------------------ 7. teardown ---
 log "powering off $machine"
 gexec systemctl poweroff --no-block >/dev/null 2>&1
 if wait_for 60 gone "$nspawn_pid"; then
     wait "$nspawn_pid"; nspawn_rc=$?
-    check "6. container powered off cleanly (nspawn exit $nspawn_rc)" test "$nspawn_rc" = 0
+    check "7. container powered off cleanly (nspawn exit $nspawn_rc)" test "$nspawn_rc" = 0
 else
-    not_ok "6. container powered off within 60s"
+    not_ok "7. container powered off within 60s"
     kill_container
 fi
 nspawn_pid=
 leaked=$(grep -F " $work" /proc/self/mountinfo | awk '{print $5}' | tr '\n' ' ')
-check "6. no mounts left below the container root on the host [${leaked:-none}]" test -z "$leaked"
+check "7. no mounts left below the container root on the host [${leaked:-none}]" test -z "$leaked"
 stray=$(for p in /proc/[0-9]*; do
     [ "$(readlink "$p/ns/pid" 2>/dev/null)" = "$container_pidns" ] && echo "${p#/proc/}"
     [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$container_mntns" ] && echo "${p#/proc/}"
 done | sort -u | tr '\n' ' ')
-check "6. no process left in the container's namespaces [${stray:-none}]" test -z "$stray"
+check "7. no process left in the container's namespaces [${stray:-none}]" test -z "$stray"
 if command -v machinectl >/dev/null && [ -d /run/systemd/system ]; then
     registered=no; machinectl status "$machine" >/dev/null 2>&1 && registered=yes
-    check "6. no machine '$machine' registered" test "$registered" = no
+    check "7. no machine '$machine' registered" test "$registered" = no
 fi
 [ -d "$propagate_dir" ] && rmdir "$propagate_dir" 2>/dev/null
-check "6. nspawn's propagation dir for the machine is gone" test ! -e "$propagate_dir"
+check "7. nspawn's propagation dir for the machine is gone" test ! -e "$propagate_dir"
+
+# ------------------------------------------- 8. without systemd as PID 1 ---
+# The same root as a plain container (PID 1 is a shell, no systemd):
+# install.sh installs the package and starts the daemon by hand; the user
+# runs a build; apt remove stops the daemon and takes down its mount.
+log "the package without systemd (systemd-nspawn, no --boot)"
+cat > "$root/var/tmp/no-systemd.sh" <<'SCRIPT'
+set -u
+/var/tmp/install.sh --deb "$1" > /var/tmp/install.log 2>&1; echo "INSTALL_RC=$?"
+echo "DAEMON_PID=$(cat /run/builddird.pid 2>/dev/null)"
+echo "SOCK=$(stat -c %a /run/builddird.sock 2>&1)"
+out=$(setpriv --reuid=builder --regid=builder --init-groups --reset-env -- \
+    /usr/bin/builddir-ctl run -- sh -c 'cp /bin/true ./t && ./t && echo "EXEC_OK $PWD"' 2>&1)
+echo "RUN_RC=$? $out"
+# The README's Quickstart example, verbatim, as that user.
+out=$(setpriv --reuid=builder --regid=builder --init-groups --reset-env -- sh -c \
+    "builddir-ctl run -- sh -c 'printf \"#!/bin/sh\\necho hello from \\\$PWD\\n\" > hello && chmod +x hello && ./hello'" 2>&1)
+echo "README_RC=$? $out"
+echo "MOUNTED=$(findmnt -n -o OPTIONS --mountpoint /var/lib/builddird)"
+apt-get remove -y -q builddird > /var/tmp/remove.log 2>&1; echo "REMOVE_RC=$?"
+echo "LEFT=$(pgrep -x builddird | tr '\n' ' ')"
+echo "MOUNT_LEFT=$(findmnt -n -o TARGET --mountpoint /var/lib/builddird)"
+SCRIPT
+# shellcheck disable=SC2054  # the commas are mount options
+plain_args=(--quiet --directory="$root" --machine="$machine-plain" --private-network
+    --register=no --as-pid2 --tmpfs=/tmp:mode=1777,nosuid,nodev,noexec --system-call-filter=quotactl_fd)
+[ -d /run/systemd/system ] || plain_args+=(--keep-unit)
+# (--console=pipe: no pseudo-terminal, so no \r in the output.)
+out=$(timeout 120 systemd-nspawn "${plain_args[@]}" --console=pipe \
+    /bin/bash /var/tmp/no-systemd.sh "$guest_deb" 2>&1 </dev/null | tr -d '\r')
+printf '%s\n' "$out" | diag
+nfield() { sed -n "s/^$1=//p" <<<"$out" | head -1; }
+if [ "$(nfield INSTALL_RC)" != 0 ] && [ -f "$root/var/tmp/install.log" ]; then
+    tail -20 "$root/var/tmp/install.log" | diag
+fi
+check "8. install.sh --deb without systemd exits 0 [$(nfield INSTALL_RC)]" test "$(nfield INSTALL_RC)" = 0
+check "8. it started builddird by hand (pid $(nfield DAEMON_PID)) on a 666 socket [$(nfield SOCK)]" \
+    test -n "$(nfield DAEMON_PID)" -a "$(nfield SOCK)" = 666
+check "8. the user runs a build with builddir-ctl run; exec works in its dir" \
+    grep -q '^RUN_RC=0 EXEC_OK /var/lib/builddird/b/' <<<"$out"
+check "8. the README's Quickstart example works for that user (no Rust toolchain in the guest)" \
+    grep -q '^README_RC=0 hello from /var/lib/builddird/b/[0-9a-f]*/build$' <<<"$out"
+check "8. the daemon's mount is nosuid,nodev,exec [$(nfield MOUNTED)]" exec_mount_opts "$(nfield MOUNTED)"
+check "8. apt remove succeeds [$(nfield REMOVE_RC)]" test "$(nfield REMOVE_RC)" = 0
+check "8. after apt remove no builddird runs [$(nfield LEFT)]" test -z "$(nfield LEFT)"
+check "8. after apt remove nothing is mounted at /var/lib/builddird [$(nfield MOUNT_LEFT)]" \
+    test -z "$(nfield MOUNT_LEFT)"
 
 log "done"
 summary

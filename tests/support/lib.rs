@@ -8,6 +8,7 @@
 #![allow(unsafe_code)] // one pre_exec dup2 for socket activation; see `activation`
 
 pub mod activation;
+pub mod prom;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
@@ -47,6 +48,45 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Path of a workspace binary that a test runs as another uid: a copy in
+/// [`base_dir`] (`/var/tmp/builddird-tests/bin/…`, every component 0755), so
+/// that uid can reach it even when the checkout or `target/` sits under a
+/// directory only root may traverse (a 0700 `/root`). Root-owned and not
+/// writable by others, so the other uid cannot swap it. The copy is named
+/// after the source file's inode and mtime: it is made once per build and
+/// shared by every test process (written under a temporary name, then
+/// renamed into place, so concurrent suites never see half a file).
+pub fn bin_for_others(name: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    // One copy at a time within this process; other processes use their
+    // own temporary names.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let src = bin(name);
+    let meta = std::fs::metadata(&src).expect("stat binary");
+    // The file keeps its name (the daemon lists a client by its command
+    // name); the directory names the build of it.
+    let dir = base_dir().join("bin").join(format!(
+        "{name}-{:x}-{:x}.{}",
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    ));
+    std::fs::create_dir_all(&dir).expect("create the shared bin dir");
+    for d in [base_dir(), base_dir().join("bin"), dir.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let dst = dir.join(name);
+    if std::fs::metadata(&dst).is_ok_and(|m| m.len() == meta.len()) {
+        return dst;
+    }
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::copy(&src, &tmp).expect("copy binary for other uids");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &dst).expect("publish binary copy");
+    dst
 }
 
 /// Base directory for test state. Not under /tmp: the seed test hides /tmp
@@ -284,6 +324,22 @@ impl Daemon {
         wait_timeout(&mut c, Duration::from_secs(10)).expect("builddird did not stop on SIGTERM")
     }
 
+    /// SIGINT (Ctrl-C in a terminal) and wait; returns the exit status.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        wait_timeout(&mut c, Duration::from_secs(10)).expect("builddird did not stop on SIGINT")
+    }
+
+    /// Returns true if and only if `root` itself is a mount point now.
+    pub fn root_is_mounted(&self) -> bool {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self.root.to_string_lossy();
+        info.lines()
+            .any(|l| l.split(' ').nth(4) == Some(root.as_ref()))
+    }
+
     /// Number of open fds of the daemon process.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -297,7 +353,8 @@ impl Daemon {
     }
 
     pub fn ctl_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin("builddir-ctl"));
+        // Tests run it as other uids too (`.uid(..)` on the returned command).
+        let mut cmd = Command::new(bin_for_others("builddir-ctl"));
         cmd.arg("--socket").arg(&self.socket).args(args);
         cmd
     }
@@ -399,7 +456,7 @@ impl Probe {
     /// Like [`Probe::start`], with extra arguments (an owner `UID:GID`).
     /// A refused allocation yields a report with `error` and `kind`.
     pub fn start_with(socket: &Path, who: Ident, name: &str, extra: &[&str]) -> Probe {
-        let mut child = Command::new(bin("bd-probe"))
+        let mut child = Command::new(bin_for_others("bd-probe"))
             .arg(socket)
             .arg(name)
             .args(extra)

@@ -83,10 +83,10 @@ impl Client {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
+                Err(error) => {
                     return Err(Error::Connect {
                         path: path.to_owned(),
-                        source,
+                        error,
                     })
                 }
             }

@@ -31,9 +31,9 @@ impl Client {
         let path = socket.as_ref();
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| Error::Connect {
+            .map_err(|error| Error::Connect {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
         let mut conn = Connection::new(stream, FdPolicy::Accept);
         let client = concat!("builddir-client/", env!("CARGO_PKG_VERSION"));
@@ -167,6 +167,17 @@ impl Client {
     /// the daemon's cap is `quota-exceeded`.
     pub async fn allocate_limited(self, name: &str, limit: SizeLimit) -> Result<Lease, Error> {
         Lease::allocate(self, name, None, Some(limit)).await
+    }
+
+    /// Allocates with an optional owner (see [`Client::allocate_for`]) and
+    /// an optional size limit (see [`Client::allocate_limited`]).
+    pub async fn allocate_with(
+        self,
+        name: &str,
+        owner: Option<Owner>,
+        limit: Option<SizeLimit>,
+    ) -> Result<Lease, Error> {
+        Lease::allocate(self, name, owner, limit).await
     }
 
     /// Releases lease `id` (yours, or anyone's for operators). With `keep`,

@@ -6,13 +6,12 @@ use builddir_proto::{ErrorReply, ProtoError};
 /// Everything a client call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The socket could not be reached; the message says what to check.
-    #[error("cannot connect to {path}: {reason} — {hint}", reason = describe(source), hint = hint(source))]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The socket could not be reached; the message says what to check, for
+    /// a host with systemd and for a daemon run by hand. The I/O error is
+    /// part of the message, not a separate cause, so a one-line report of
+    /// the chain does not say it twice.
+    #[error("cannot connect to {path}: {reason} — {hint}", reason = describe(error), hint = hint(error, path))]
+    Connect { path: PathBuf, error: io::Error },
     /// The daemon refused the handshake (version, policy, load).
     #[error("builddird refused the connection: {0}")]
     Refused(ErrorReply),
@@ -66,17 +65,17 @@ fn describe(e: &io::Error) -> String {
     }
 }
 
-fn hint(e: &io::Error) -> &'static str {
+fn hint(e: &io::Error, path: &std::path::Path) -> String {
+    let path = path.display();
     match e.kind() {
-        io::ErrorKind::NotFound => {
-            "is builddird.socket enabled? (systemctl enable --now builddird.socket)"
-        }
-        io::ErrorKind::PermissionDenied => {
-            "is your user in the socket's group (SocketGroup= in builddird.socket)?"
-        }
-        io::ErrorKind::ConnectionRefused => {
-            "builddird is not running; start builddird.socket or builddird"
-        }
-        _ => "check that builddird is running and --socket / BUILDDIR_SOCKET point at it",
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => format!(
+            "builddird is not listening there: start it (with systemd: \
+             systemctl enable --now builddird.socket; without: builddird --socket {path} &, as root), \
+             or point --socket / BUILDDIR_SOCKET at its socket"
+        ),
+        io::ErrorKind::PermissionDenied => "your user may not use that socket: ask its operator to add you \
+             to the socket's group (usermod -aG builddir USER, then log in again)"
+            .to_owned(),
+        _ => "check that builddird is running and --socket / BUILDDIR_SOCKET point at it".to_owned(),
     }
 }

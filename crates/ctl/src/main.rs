@@ -9,7 +9,7 @@ mod users;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Talk to builddird: lease build directories, list and manage them.
 #[derive(Debug, Parser)]
@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// List leases: yours, or everyone's with --all (operators).
     List {
+        /// Everyone's leases, not only yours (operators: root and the
+        /// operator_group).
         #[arg(long)]
         all: bool,
         /// Also compute each tree's size.
@@ -51,19 +53,26 @@ enum Command {
     Status,
     /// End a lease (deleted in the background), or keep its tree.
     Release {
+        /// The lease's id, as `list` shows it.
         id: String,
+        /// Keep the tree instead of deleting it: it moves to the kept area,
+        /// becomes yours, loses setuid/setgid bits; its path is printed.
         #[arg(long)]
         keep: bool,
     },
     /// Delete any lease or kept tree (operators).
-    Remove { id: String },
+    Remove {
+        /// The lease's or kept tree's id, as `list --all` shows it.
+        id: String,
+    },
     /// Delete kept trees (yours; everyone's for operators).
     Gc {
         /// Only trees kept longer ago than this (e.g. 30m, 12h, 7d).
         #[arg(long, value_name = "DURATION", value_parser = output::parse_duration)]
         older_than: Option<u64>,
     },
-    /// Print metrics in the OpenMetrics / Prometheus text format.
+    /// Print metrics in the OpenMetrics / Prometheus text format (no
+    /// --json: the text format is the machine-readable form).
     Metrics,
     /// Diagnose this host without changing anything: config, mount, socket.
     Check {
@@ -75,11 +84,20 @@ enum Command {
         )]
         config: PathBuf,
     },
-    /// Run a command in a fresh build directory, then release it.
+    /// Run a command in a fresh build directory, then release it (no
+    /// --json: the output is the command's own).
     Run {
-        /// Name shown in listings (e.g. a job or derivation name).
-        #[arg(long, default_value = "")]
-        name: String,
+        /// Name shown in listings (e.g. a job or derivation name)
+        /// [default: the command, CMD's first word].
+        #[arg(long)]
+        name: Option<String>,
+        /// Make the directory for USER[:GROUP] (names or numbers; GROUP
+        /// defaults to USER's primary group). Needs root or an owner_grants
+        /// entry. As root, CMD then runs as that user (no supplementary
+        /// groups); otherwise CMD runs as you, in your current directory,
+        /// and must switch to the owner itself and cd to $BUILDDIR_PATH.
+        #[arg(long, value_name = "USER[:GROUP]", value_parser = users::parse_owner)]
+        owner: Option<builddir_client::Owner>,
         /// Keep the directory if the command fails, and print its path.
         #[arg(long)]
         keep_failed: bool,
@@ -101,6 +119,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.json {
+        refuse_json(&cli.command);
+    }
     let socket = cli
         .socket
         .clone()
@@ -133,6 +154,7 @@ fn main() -> ExitCode {
             }
             Command::Run {
                 name,
+                owner,
                 keep_failed,
                 no_tmpdir,
                 size,
@@ -144,7 +166,14 @@ fn main() -> ExitCode {
                         bytes: size.unwrap_or(0),
                         inodes: inodes.unwrap_or(0),
                     });
-                cmd::run(&socket, &name, keep_failed, !no_tmpdir, limit, command).await
+                let request = cmd::RunRequest {
+                    name,
+                    owner,
+                    limit,
+                    keep_failed,
+                    set_tmpdir: !no_tmpdir,
+                };
+                cmd::run(&socket, request, command).await
             }
         }
     });
@@ -156,4 +185,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--json` where it would change nothing is a usage error (exit 2), not
+/// silently ignored: a script asking for JSON must not get text instead.
+fn refuse_json(command: &Command) {
+    let why = match command {
+        Command::Run { .. } => "`run` prints only what its command prints",
+        Command::Metrics => {
+            "`metrics` prints the OpenMetrics text format, which is already machine-readable"
+        }
+        _ => return,
+    };
+    Cli::command()
+        .error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!("--json does not apply here: {why}; drop --json"),
+        )
+        .exit();
 }

@@ -38,7 +38,7 @@ pub use fdpass::FdPolicy;
 pub use message::*;
 pub use version::{negotiate, MAGIC, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 
-/// Largest frame payload either side accepts, in bytes (SPEC §4).
+/// Largest frame payload either side accepts, in bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
 /// Default path of the daemon's socket.

@@ -26,6 +26,7 @@ pub mod host;
 pub mod lease;
 pub mod logging;
 pub mod metrics;
+pub mod shutdown;
 pub mod systemd;
 pub mod tree;
 pub mod trim;

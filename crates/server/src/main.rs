@@ -17,11 +17,14 @@ use builddir_server::host::mount;
 use builddir_server::host::policy::Policy;
 use builddir_server::lease::{recover, table::Daemon};
 use builddir_server::logging;
+use builddir_server::shutdown;
 use builddir_server::systemd::notify;
 
 /// The builddird daemon. Every flag overrides the same key of the config file.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+// The binary's name, not the package's (`builddird --version` prints
+// `builddird X.Y.Z`).
+#[command(name = "builddird", version, about)]
 struct Args {
     /// Configuration file (TOML). A missing default file means defaults.
     #[arg(long, value_name = "PATH")]
@@ -123,6 +126,14 @@ fn check(config: &Config) -> Result<()> {
 
 fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     let policy = Policy::from_config(&config, &Accounts::load())?;
+    let root_path = config.root.clone();
+    let mut at_stop = shutdown::AtStop {
+        activated: listener.bound_path.is_none(),
+        made_mount: config.backing != Backing::External
+            && !mount::is_mount_point(&config.root).unwrap_or(false),
+        backing: config.backing,
+        counts: [0; 4],
+    };
     mount::prepare(&config.root, config.backing, &config.tmpfs_size)?;
     let root = mount::verify(&config.root)?;
     let layout = Layout::open(root)?;
@@ -141,7 +152,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         .thread_name("builddird")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    at_stop.counts = runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the socket")?;
         let daemon = Arc::new(Daemon::new(config, layout, policy, mode));
@@ -191,7 +202,8 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         // The accept loop runs as a task on a worker, not on this thread:
         // each new connection's task then starts on the same worker (tokio's
         // LIFO slot) instead of waking another thread for every client.
-        if let Err(e) = tokio::spawn(accept::run(listener, daemon, conn_id, shutdown)).await {
+        if let Err(e) = tokio::spawn(accept::run(listener, daemon.clone(), conn_id, shutdown)).await
+        {
             if e.is_panic() {
                 std::panic::resume_unwind(e.into_panic());
             }
@@ -199,8 +211,13 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         }
         notify::stopping();
         tracing::info!("stopping");
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(daemon.state_counts())
+    })?;
+    // Every task and fd of the daemon goes with the runtime: nothing of
+    // ours keeps the mount busy after this.
+    drop(runtime);
+    shutdown::finish(&root_path, &at_stop);
+    Ok(())
 }
 
 /// A stored connection as a tokio stream.

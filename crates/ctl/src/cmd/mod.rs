@@ -7,7 +7,7 @@ mod status;
 
 pub use check::check;
 pub use list::{list, list_offline};
-pub use run::run;
+pub use run::{run, RunRequest};
 pub use status::status;
 
 use std::path::Path;

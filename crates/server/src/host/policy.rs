@@ -1,5 +1,5 @@
 //! Who may connect, who is an operator, and who may ask for directories
-//! owned by someone else (SPEC §5). Built once from the configuration;
+//! owned by someone else. Built once from the configuration;
 //! decisions use only the kernel's view of the peer (`SO_PEERCRED` and the
 //! peer's groups at connect time).
 

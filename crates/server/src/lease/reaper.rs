@@ -81,6 +81,8 @@ fn finish(
     c.reaped_entries
         .fetch_add(report.removed, Ordering::Relaxed);
     c.reap_errors.fetch_add(report.errors, Ordering::Relaxed);
+    c.reap_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     let lease_id = id.map(|i| i.to_string()).unwrap_or_default();
     if report.complete {
         Counters::bump(&c.reaped_trees);
@@ -109,6 +111,7 @@ fn finish(
         .first_error
         .clone()
         .unwrap_or_else(|| "unknown error".into());
+    Counters::bump(&c.reap_quarantined);
     *daemon
         .last_reap_error
         .lock()
