@@ -146,27 +146,20 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
             .context("cannot register the socket")?;
         let daemon = Arc::new(Daemon::new(config, layout, policy, mode));
         let found = recover::recover(&daemon, resumed);
-        daemon.trimmer.grew(daemon.leases().len());
+        daemon.trimmer.grew(daemon.table.len());
         let mut conn_id: u64 = 0;
+        let mut resumed_leases = 0;
         for (fd, ids) in found.connections {
             conn_id += 1;
             match resumed_stream(fd) {
                 Ok(stream) => {
-                    for id in &ids {
-                        if let Some(r) = daemon.leases().get_mut(id) {
-                            r.conn = conn_id;
-                        }
-                    }
-                    tokio::spawn(session::resume(daemon.clone(), stream, conn_id));
+                    resumed_leases += ids.len();
+                    tokio::spawn(session::resume(daemon.clone(), stream, conn_id, ids));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot resume a stored connection"),
             }
         }
-        let detached = daemon
-            .leases()
-            .values()
-            .filter(|r| r.conn == 0 && r.state == builddir_proto::LeaseState::Live)
-            .count();
+        let detached = found.live.saturating_sub(resumed_leases);
         tracing::info!(
             root = %daemon.layout.root_path().display(),
             backing = daemon.config.backing.as_str(),
@@ -179,7 +172,9 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
             trash = found.trash,
             "mount verified (nosuid,nodev,exec); serving"
         );
-        if detached > 0 {
+        // Always: a stored connection that cannot be served again leaves
+        // its leases detached too.
+        if found.live > 0 {
             builddir_server::lease::end::spawn_grace_expiry(daemon.clone());
         }
         // Handlers first: a SIGTERM right after READY=1 must stop us

@@ -3,6 +3,7 @@
 //! on-disk registry and recovery at start.
 
 pub mod create;
+pub mod daemon;
 pub mod end;
 pub mod hand_over;
 pub mod id;

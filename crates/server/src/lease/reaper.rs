@@ -13,8 +13,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use builddir_proto::LeaseState;
-
 use crate::backend::LeaseMode;
 use crate::lease::id::LeaseId;
 use crate::lease::table::{Counters, Daemon};
@@ -22,15 +20,25 @@ use crate::tree::remove::{remove_tree, Limits, Report};
 
 /// Deletes `trash/<trash_name>` in the background; `id` names the lease
 /// whose record follows the reap (none for leftovers found at start).
+///
+/// Outside a runtime (a session dropped while the runtime shuts down) the
+/// tree stays in trash: the next start reaps it.
 pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
-    tokio::spawn(async move {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            trash = trash_name,
+            "no runtime to reap in; the tree is reaped at the next start"
+        );
+        return;
+    };
+    runtime.spawn(async move {
         let Ok(_permit) = daemon.reap_slots.clone().acquire_owned().await else {
             return; // semaphore closed: shutting down
         };
         let started = Instant::now();
         let d = daemon.clone();
         let name = trash_name.clone();
-        let project = id.and_then(|id| daemon.leases().get(&id).and_then(|r| r.project_id));
+        let project = id.and_then(|id| daemon.table.get(id).and_then(|r| r.project_id));
         let report = tokio::task::spawn_blocking(move || {
             let name = CString::new(name).expect("trash names come from the daemon");
             let free_before = free_bytes(&d);
@@ -49,9 +57,9 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
                 (report.complete, project, &d.mode)
             {
                 let others = |p| {
-                    d.leases()
-                        .values()
-                        .any(|r| r.project_id == Some(p) && Some(r.id) != id)
+                    !d.table
+                        .ids(|r| r.project_id == Some(p) && Some(r.id) != id)
+                        .is_empty()
                 };
                 ids.clear_after_reap(d.layout.root.fd.as_fd(), project, others);
             }
@@ -85,15 +93,16 @@ fn finish(
     if report.complete {
         Counters::bump(&c.reaped_trees);
         if let Some(id) = id {
-            let left = {
-                let mut leases = daemon.leases();
-                leases.remove(&id);
-                leases.len()
-            };
-            if daemon.trimmer.shrank(left) {
-                // A rehash under the table lock, a few times per burst.
-                daemon.leases().shrink_to_fit();
-                tokio::task::spawn_blocking(crate::trim::give_back);
+            match daemon.table.reaped(id) {
+                Ok(left) if daemon.trimmer.shrank(left) => {
+                    // A rehash under the table lock, a few times per burst.
+                    daemon.table.shrink_to_fit();
+                    tokio::task::spawn_blocking(crate::trim::give_back);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(lease_id = %id, error = %e, "reaped a tree its lease did not expect")
+                }
             }
         }
         tracing::info!(
@@ -114,8 +123,8 @@ fn finish(
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(first.clone());
     if let Some(id) = id {
-        if let Some(r) = daemon.leases().get_mut(&id) {
-            r.state = LeaseState::Quarantined;
+        if let Err(e) = daemon.table.quarantined(id) {
+            tracing::warn!(lease_id = %id, error = %e, "quarantined a tree its lease did not expect");
         }
     }
     tracing::warn!(

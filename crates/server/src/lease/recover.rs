@@ -23,7 +23,7 @@ use crate::conn::peer::Peer;
 use crate::host::layout::{Layout, BUILD, DIR_OPEN};
 use crate::lease::id::LeaseId;
 use crate::lease::registry;
-use crate::lease::table::{Daemon, LeaseRecord};
+use crate::lease::table::{Daemon, LeaseRecord, Restored};
 use crate::lease::trash::move_to_trash;
 
 /// Takes the per-root lock, or says who holds it.
@@ -87,9 +87,7 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
         });
         match meta {
             Some((id, meta)) => {
-                daemon
-                    .leases()
-                    .insert(id, from_meta(id, LeaseState::Live, &meta));
+                daemon.table.restore(from_meta(id, &meta), Restored::Live);
                 found.live += 1;
             }
             None => orphans.push(name),
@@ -113,7 +111,7 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
             continue;
         };
         let (uid, gid) = owner_of_build(layout.kept.as_fd(), name).unwrap_or((0, 0));
-        let mut record = recovered(id, LeaseState::Kept, uid, gid, None);
+        let mut record = recovered(id, uid, gid);
         // Its record still names its size limit and project.
         if let Ok(outer) = openat(
             layout.kept.as_fd(),
@@ -126,16 +124,18 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
                 record.project_id = m.project_id;
             }
         }
-        daemon.leases().insert(id, record);
+        daemon.table.restore(record, Restored::Kept);
     }
     let trash = names_in(layout.trash.as_fd());
     for name in &trash {
         let name = name.to_string_lossy().into_owned();
         let id = LeaseId::parse(&name);
         if let Some(id) = id {
-            daemon.leases().insert(
-                id,
-                recovered(id, LeaseState::Reaping, 0, 0, Some(name.clone())),
+            daemon.table.restore(
+                recovered(id, 0, 0),
+                Restored::Reaping {
+                    trash: name.clone(),
+                },
             );
         }
         crate::lease::reaper::spawn(daemon.clone(), name, id);
@@ -153,9 +153,9 @@ fn attach(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Vec<(OwnedF
     let mut by_socket: Vec<(u64, OwnedFd, Vec<LeaseId>)> = Vec::new();
     for (id, fd) in resumed {
         let live = daemon
-            .leases()
-            .get(&id)
-            .is_some_and(|r| r.state == LeaseState::Live);
+            .table
+            .get(id)
+            .is_some_and(|r| r.state() == LeaseState::Live);
         if !live {
             tracing::info!(lease_id = %id, "closing a stored connection of a lease that no longer exists");
             crate::systemd::fdstore::forget(&daemon.config, id);
@@ -176,29 +176,23 @@ fn attach(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Vec<(OwnedF
 }
 
 /// A lease table entry rebuilt from its registry record.
-fn from_meta(id: LeaseId, state: LeaseState, m: &registry::LeaseMeta) -> LeaseRecord {
-    LeaseRecord {
-        id,
-        name: m.name.clone(),
-        state,
-        owner_uid: m.owner_uid,
-        owner_gid: m.owner_gid,
-        peer: Peer {
-            uid: m.peer_uid,
-            gid: m.peer_gid,
-            pid: m.peer_pid,
-            command: m.peer_command.clone(),
-            groups: Vec::new(),
-        },
-        conn: 0,
-        created: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(m.created_unix),
-        trash_name: None,
-        kept_at: None,
-        size_bytes: None,
-        secret: m.secret.clone(),
-        limit_bytes: m.limit_bytes,
-        project_id: m.project_id,
-    }
+fn from_meta(id: LeaseId, m: &registry::LeaseMeta) -> LeaseRecord {
+    let peer = Peer {
+        uid: m.peer_uid,
+        gid: m.peer_gid,
+        pid: m.peer_pid,
+        command: m.peer_command.clone(),
+        groups: Vec::new(),
+    };
+    let mut r = LeaseRecord::new(id, peer);
+    r.name = m.name.clone();
+    r.owner_uid = m.owner_uid;
+    r.owner_gid = m.owner_gid;
+    r.created = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(m.created_unix);
+    r.secret = m.secret.clone();
+    r.limit_bytes = m.limit_bytes;
+    r.project_id = m.project_id;
+    r
 }
 
 fn owner_of_build(area: BorrowedFd<'_>, outer: &CString) -> Option<(u32, u32)> {
@@ -216,33 +210,13 @@ fn owner_of_build(area: BorrowedFd<'_>, outer: &CString) -> Option<(u32, u32)> {
     Some((st.stx_uid, st.stx_gid))
 }
 
-fn recovered(
-    id: LeaseId,
-    state: LeaseState,
-    uid: u32,
-    gid: u32,
-    trash_name: Option<String>,
-) -> LeaseRecord {
-    LeaseRecord {
-        id,
-        name: String::new(),
-        state,
-        owner_uid: uid,
-        owner_gid: gid,
-        peer: Peer {
-            uid,
-            gid,
-            pid: 0,
-            command: String::new(),
-            groups: Vec::new(),
-        },
-        conn: 0,
-        created: SystemTime::now(),
-        trash_name,
-        kept_at: None,
-        size_bytes: None,
-        secret: String::new(),
-        limit_bytes: None,
-        project_id: None,
-    }
+fn recovered(id: LeaseId, uid: u32, gid: u32) -> LeaseRecord {
+    let peer = Peer {
+        uid,
+        gid,
+        pid: 0,
+        command: String::new(),
+        groups: Vec::new(),
+    };
+    LeaseRecord::new(id, peer)
 }

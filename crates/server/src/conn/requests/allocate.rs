@@ -1,6 +1,4 @@
-use builddir_proto::{
-    validate_name, Allocated, ErrorKind, ErrorReply, LeaseState, Owner, Response, SizeLimit,
-};
+use builddir_proto::{validate_name, Allocated, ErrorKind, ErrorReply, Owner, Response, SizeLimit};
 use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::time::SystemTime;
@@ -13,7 +11,7 @@ use crate::lease::registry::LeaseMeta;
 use crate::lease::table::{Counters, Daemon, LeaseRecord};
 
 impl Session {
-    pub(super) fn allocate(
+    pub(super) async fn allocate(
         &mut self,
         name: String,
         owner: Option<Owner>,
@@ -48,26 +46,13 @@ impl Session {
                 );
             }
         }
-        let config = &self.daemon.config;
-        let (all, mine) = self.daemon.live_counts(peer.uid);
-        if all >= config.max_leases {
-            return error(
-                ErrorKind::QuotaExceeded,
-                format!(
-                    "max_leases = {} reached; release leases or raise max_leases",
-                    config.max_leases
-                ),
-            );
-        }
-        if mine >= config.max_leases_per_uid {
-            return error(
-                ErrorKind::QuotaExceeded,
-                format!(
-                    "max_leases_per_uid = {} reached for uid {}; release leases or raise max_leases_per_uid",
-                    config.max_leases_per_uid, peer.uid
-                ),
-            );
-        }
+        let daemon = self.daemon.clone();
+        // Checked and counted in one step; the place is given back if this
+        // allocation fails (or panics) before the lease is in the table.
+        let slot = match daemon.table.reserve(peer.uid, daemon.limits()) {
+            Ok(slot) => slot,
+            Err(e) => return error(ErrorKind::QuotaExceeded, e.to_string()),
+        };
         if let Some(refusal) = self.free_space_refusal() {
             return refusal;
         }
@@ -79,7 +64,6 @@ impl Session {
             Ok(s) => s,
             Err(e) => return error(ErrorKind::Internal, format!("getrandom: {e}")),
         };
-        let daemon = self.daemon.clone();
         // A project id stays reserved until the lease is in the table; on
         // any early return (or a panic) the reservation is abandoned.
         let (sizing, reservation) = match sizing(&daemon, limit) {
@@ -103,6 +87,8 @@ impl Session {
             secret: secret.clone(),
             limit_bytes: limit.map(|l| l.bytes),
             project_id,
+            kept_unix: None,
+            hand_over: None,
         };
         let layout = &self.daemon.layout;
         let lease = match allocate(layout, owner.uid, owner.gid, sizing, meta) {
@@ -122,29 +108,14 @@ impl Session {
             }
         };
         let path = self.daemon.layout.lease_path(lease.id);
-        let count = {
-            let mut leases = self.daemon.leases();
-            leases.insert(
-                lease.id,
-                LeaseRecord {
-                    id: lease.id,
-                    name: name.clone(),
-                    state: LeaseState::Live,
-                    owner_uid: owner.uid,
-                    owner_gid: owner.gid,
-                    peer: peer.clone(),
-                    conn: self.conn_id,
-                    created,
-                    trash_name: None,
-                    kept_at: None,
-                    size_bytes: None,
-                    secret: secret.clone(),
-                    limit_bytes: limit.map(|l| l.bytes),
-                    project_id,
-                },
-            );
-            leases.len()
-        };
+        let mut record = LeaseRecord::new(lease.id, peer.clone());
+        record.name = name.clone();
+        (record.owner_uid, record.owner_gid) = (owner.uid, owner.gid);
+        record.created = created;
+        record.secret = secret.clone();
+        record.limit_bytes = limit.map(|l| l.bytes);
+        record.project_id = project_id;
+        let count = slot.admit(record, self.conn_id);
         self.daemon.trimmer.grew(count);
         if let Some(reservation) = reservation {
             reservation.settle(); // the table holds the id now
@@ -218,13 +189,7 @@ fn sizing(
         (LeaseMode::Dir { .. }, None) => Ok((Sizing::Unbounded, None)),
         (LeaseMode::Tmpfs, Some(limit)) => Ok((Sizing::Tmpfs(limit), None)),
         (LeaseMode::ProjectQuota(ids), Some(limit)) => {
-            let held = || -> HashSet<u32> {
-                daemon
-                    .leases()
-                    .values()
-                    .filter_map(|r| r.project_id)
-                    .collect()
-            };
+            let held = || -> HashSet<u32> { daemon.table.project_ids() };
             let fs = daemon.layout.root.fd.as_fd();
             match ids.assign(fs, held, limit.bytes, limit.inodes) {
                 Ok(r) => Ok((Sizing::Project(r.id()), Some(r))),

@@ -18,14 +18,13 @@ impl Session {
             );
         }
         let uid = self.peer.uid;
-        let mut rows: Vec<LeaseEntry> = {
-            let leases = self.daemon.leases();
-            leases
-                .values()
-                .filter(|r| all || r.peer.uid == uid || r.owner_uid == uid)
-                .map(|r| self.daemon.entry_of(r))
-                .collect()
-        };
+        let mut rows: Vec<LeaseEntry> = self
+            .daemon
+            .table
+            .select(|r| all || r.concerns(uid))
+            .iter()
+            .map(|r| self.daemon.entry_of(r))
+            .collect();
         rows.sort_by(|a, b| {
             a.created_unix
                 .cmp(&b.created_unix)
@@ -34,7 +33,7 @@ impl Session {
         if size {
             // Walking trees is I/O: on the blocking pool, never on a worker.
             let daemon = self.daemon.clone();
-            rows = tokio::task::spawn_blocking(move || {
+            let sized = tokio::task::spawn_blocking(move || {
                 for row in &mut rows {
                     if let Some(id) = LeaseId::parse(&row.id) {
                         row.size_bytes = lease_size(&daemon, id, row.state);
@@ -42,8 +41,17 @@ impl Session {
                 }
                 rows
             })
-            .await
-            .unwrap_or_default();
+            .await;
+            rows = match sized {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e, "list --size walk failed");
+                    return error(
+                        ErrorKind::Internal,
+                        format!("measuring sizes failed ({e}); retry without --size"),
+                    );
+                }
+            };
         }
         (Response::Leases(rows), None)
     }
@@ -53,7 +61,7 @@ impl Session {
 /// counts it (`project-quota` leases: what the limit is checked against,
 /// and O(1)), else by walking the tree.
 fn lease_size(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<u64> {
-    let project = daemon.leases().get(&id).and_then(|r| r.project_id);
+    let project = daemon.table.get(id).and_then(|r| r.project_id);
     if let (Some(project), LeaseState::Live | LeaseState::Kept) = (project, state) {
         if let Some(u) = crate::backend::project::usage(daemon.layout.root.fd.as_fd(), project) {
             return Some(u.bytes);
