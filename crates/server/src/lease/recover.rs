@@ -86,6 +86,18 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
                 .map(|m| (id, m))
         });
         match meta {
+            // A keep that stopped before its tree reached the kept area:
+            // the user asked for it, so it is finished now.
+            Some((id, meta)) if meta.hand_over.is_some() => {
+                match crate::lease::trash::to_kept(layout, id) {
+                    Ok(()) => tracing::info!(lease_id = %id, "finishing a keep interrupted by a restart"),
+                    Err(e) => {
+                        tracing::error!(lease_id = %id, error = %e, "cannot finish an interrupted keep; the lease is live again");
+                        daemon.table.restore(from_meta(id, &meta), Restored::Live);
+                        found.live += 1;
+                    }
+                }
+            }
             Some((id, meta)) => {
                 daemon.table.restore(from_meta(id, &meta), Restored::Live);
                 found.live += 1;
@@ -110,29 +122,21 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
         let Some(id) = LeaseId::parse(&name.to_string_lossy()) else {
             continue;
         };
-        let (uid, gid) = owner_of_build(layout.kept.as_fd(), name).unwrap_or((0, 0));
-        let mut record = recovered(id, uid, gid);
-        // Its record still names its size limit and project.
-        if let Ok(outer) = openat(
-            layout.kept.as_fd(),
-            name.as_c_str(),
-            DIR_OPEN,
-            Mode::empty(),
-        ) {
-            if let Some(m) = crate::lease::registry::read(outer.as_fd()) {
-                record.limit_bytes = m.limit_bytes;
-                record.project_id = m.project_id;
-            }
-        }
-        daemon.table.restore(record, Restored::Kept);
+        daemon.table.restore(recover_kept(daemon, id, name), Restored::Kept);
     }
     let trash = names_in(layout.trash.as_fd());
     for name in &trash {
         let name = name.to_string_lossy().into_owned();
         let id = LeaseId::parse(&name);
         if let Some(id) = id {
+            // Its record (if any) still names it and its owner, who is
+            // charged for it until it is gone.
+            let record = openat(layout.trash.as_fd(), name.as_str(), DIR_OPEN, Mode::empty())
+                .ok()
+                .and_then(|outer| registry::read(outer.as_fd()))
+                .map_or_else(|| recovered(id, 0, 0), |m| from_meta(id, &m));
             daemon.table.restore(
-                recovered(id, 0, 0),
+                record,
                 Restored::Reaping {
                     trash: name.clone(),
                 },
@@ -143,6 +147,37 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
     found.kept = kept.len();
     found.trash = trash.len();
     found
+}
+
+/// A kept tree as its record describes it: name, requester, owner, age.
+/// A hand-over the last daemon did not finish is finished first, so the
+/// tree is listed as the requester's, setuid bits gone. A tree without a
+/// record (kept by an older daemon) is its build directory's owner's.
+fn recover_kept(daemon: &Daemon, id: LeaseId, name: &CString) -> LeaseRecord {
+    let layout = &daemon.layout;
+    let Ok((_, mut meta)) = registry::open_record(layout.kept.as_fd(), id) else {
+        let (uid, gid) = owner_of_build(layout.kept.as_fd(), name).unwrap_or((0, 0));
+        return recovered(id, uid, gid);
+    };
+    if meta.hand_over.is_some() {
+        tracing::info!(lease_id = %id, "finishing a hand-over interrupted by a restart");
+        match crate::lease::end::finish_hand_over(daemon, id, meta.clone()) {
+            Ok(_) => {
+                if let Ok((_, m)) = registry::open_record(layout.kept.as_fd(), id) {
+                    meta = m;
+                }
+            }
+            Err(e) => {
+                tracing::error!(lease_id = %id, error = %e, "cannot finish an interrupted hand-over; retried at the next start")
+            }
+        }
+    }
+    let mut record = from_meta(id, &meta);
+    record.kept_at = meta
+        .kept_unix
+        .map(|t| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t));
+    record.secret.clear();
+    record
 }
 
 /// Matches stored connections to live leases. Several leases may share one
