@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use builddir_server::backend::LeaseMode;
+use builddir_server::backend::Backend;
 use builddir_server::conn::listener::Listener;
 use builddir_server::conn::{accept, session};
 use builddir_server::host::config::{Backing, Config, DEFAULT_CONFIG};
@@ -127,7 +127,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     let root = mount::verify(&config.root)?;
     let layout = Layout::open(root)?;
     recover::lock_root(&layout).map_err(anyhow::Error::msg)?;
-    let mode = LeaseMode::decide(&config, &layout).map_err(anyhow::Error::msg)?;
+    let backend = Backend::decide(&config, &layout).map_err(anyhow::Error::msg)?;
     let std_listener = listener
         .listener
         .try_clone()
@@ -144,7 +144,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the socket")?;
-        let daemon = Arc::new(Daemon::new(config, layout, policy, mode));
+        let daemon = Arc::new(Daemon::new(config, layout, policy, backend));
         let found = recover::recover(&daemon, resumed);
         daemon.trimmer.grew(daemon.table.len());
         let mut conn_id: u64 = 0;
@@ -163,7 +163,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         tracing::info!(
             root = %daemon.layout.root_path().display(),
             backing = daemon.config.backing.as_str(),
-            leases = daemon.mode.describe(&daemon.layout.root.fstype, &daemon.config),
+            leases = daemon.backend.describe(&daemon.layout.root.fstype, &daemon.config),
             live = found.live,
             resumed = conn_id,
             awaiting_reclaim = detached,

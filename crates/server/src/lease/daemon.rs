@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use builddir_proto::{ErrorKind, LeaseEntry};
 
-use crate::backend::LeaseMode;
+use crate::backend::Backend;
 use crate::host::config::Config;
 use crate::host::layout::Layout;
 use crate::host::policy::Policy;
@@ -81,13 +81,13 @@ pub struct Daemon {
     pub reap_slots: Arc<Semaphore>,
     pub policy: Policy,
     /// The lease backend, decided at start.
-    pub mode: LeaseMode,
+    pub backend: Backend,
     /// When to give memory back after a burst of leases ends.
     pub trimmer: crate::trim::Trimmer,
 }
 
 impl Daemon {
-    pub fn new(config: Config, layout: Layout, policy: Policy, mode: LeaseMode) -> Daemon {
+    pub fn new(config: Config, layout: Layout, policy: Policy, backend: Backend) -> Daemon {
         let config_reap = config.reap_concurrency;
         Daemon {
             config,
@@ -99,7 +99,7 @@ impl Daemon {
             last_reap_error: Mutex::new(None),
             reap_slots: Arc::new(Semaphore::new(config_reap)),
             policy,
-            mode,
+            backend,
             trimmer: crate::trim::Trimmer::default(),
         }
     }

@@ -11,5 +11,6 @@ pub mod reaper;
 pub mod recover;
 pub mod registry;
 pub mod retention;
+pub mod size;
 pub mod table;
 pub mod trash;

@@ -8,12 +8,10 @@
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::LeaseMode;
 use crate::lease::id::LeaseId;
 use crate::lease::table::{Counters, Daemon};
 use crate::tree::remove::{remove_tree, Limits, Report};
@@ -42,27 +40,18 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
         let report = tokio::task::spawn_blocking(move || {
             let name = CString::new(name).expect("trash names come from the daemon");
             let free_before = free_bytes(&d);
-            detach_lease_tmpfs(&d, &name);
             // A tree without a record (found at start) names its project
             // in its own lease.json, which the walk is about to delete.
-            let project = match d.mode {
-                LeaseMode::ProjectQuota(_) => project.or_else(|| project_on_disk(&d, &name)),
-                _ => project,
-            };
-            if let Some(project) = project {
-                log_if_project_full(&d, project, &name);
-            }
-            let report = remove_tree(d.layout.trash.as_fd(), &name, Limits::default());
-            if let (true, Some(project), LeaseMode::ProjectQuota(ids)) =
-                (report.complete, project, &d.mode)
-            {
-                let others = |p| {
-                    !d.table
-                        .ids(|r| r.project_id == Some(p) && Some(r.id) != id)
-                        .is_empty()
-                };
-                ids.clear_after_reap(d.layout.root.fd.as_fd(), project, others);
-            }
+            let project = project.or_else(|| project_on_disk(&d, &name));
+            let trash = d.layout.trash.as_fd();
+            d.backend
+                .before_reap(d.layout.root_path(), trash, &name, project);
+            let report = remove_tree(trash, &name, Limits::default());
+            d.backend.after_reap(project, report.complete, |p| {
+                !d.table
+                    .ids(|r| r.project_id == Some(p) && Some(r.id) != id)
+                    .is_empty()
+            });
             let freed = free_bytes(&d).saturating_sub(free_before);
             d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
             report
@@ -158,81 +147,4 @@ fn project_on_disk(daemon: &Daemon, name: &std::ffi::CStr) -> Option<u32> {
     )
     .ok()?;
     crate::lease::registry::read(outer.as_fd())?.project_id
-}
-
-/// Logs that a `project-quota` lease used up its limit (its build saw
-/// EDQUOT or ENOSPC), as the tmpfs backend does.
-fn log_if_project_full(daemon: &Daemon, project: u32, name: &std::ffi::CStr) {
-    let Some(u) = crate::backend::project::usage(daemon.layout.root.fd.as_fd(), project) else {
-        return;
-    };
-    if crate::backend::project::at_limit(&u) {
-        tracing::warn!(
-            trash = %name.to_string_lossy(),
-            project_id = project,
-            used_bytes = u.bytes,
-            used_inodes = u.inodes,
-            limit_bytes = u.limit_bytes,
-            limit_inodes = u.limit_inodes,
-            "lease had reached its size limit (its build saw EDQUOT/ENOSPC)"
-        );
-    }
-}
-
-/// A tmpfs lease (`lease_backend = "tmpfs"`) is reaped by detaching its
-/// mount: O(1) whatever it holds. Only a mount exactly at `<tree>/build`
-/// whose source is ours is detached; anything else mounted in a tree is
-/// reported by the walk and left in quarantine.
-fn detach_lease_tmpfs(daemon: &Daemon, name: &std::ffi::CStr) {
-    let mut rel = name.to_bytes().to_vec();
-    rel.extend_from_slice(b"/build");
-    let Ok(rel) = CString::new(rel) else {
-        return;
-    };
-    let trash = daemon.layout.trash.as_fd();
-    let here = rustix::fs::statx(
-        trash,
-        c"",
-        rustix::fs::AtFlags::EMPTY_PATH,
-        rustix::fs::StatxFlags::MNT_ID,
-    );
-    let there = rustix::fs::statx(
-        trash,
-        &rel,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        rustix::fs::StatxFlags::MNT_ID,
-    );
-    let (Ok(here), Ok(there)) = (here, there) else {
-        return;
-    };
-    if here.stx_mnt_id == there.stx_mnt_id
-        || !crate::host::mount::mount_source_is(
-            there.stx_mnt_id,
-            crate::lease::create::LEASE_TMPFS_SOURCE,
-        )
-    {
-        return;
-    }
-    let path = daemon
-        .layout
-        .root_path()
-        .join(crate::host::layout::TRASH)
-        .join(std::ffi::OsStr::from_bytes(name.to_bytes()))
-        .join(crate::host::layout::BUILD);
-    if let Ok(vfs) = rustix::fs::statvfs(&path) {
-        if vfs.f_bavail == 0 || vfs.f_favail == 0 {
-            tracing::warn!(
-                path = %path.display(),
-                limit_bytes = vfs.f_blocks * vfs.f_frsize,
-                limit_inodes = vfs.f_files,
-                "lease had reached its size limit (its build saw ENOSPC)"
-            );
-        }
-    }
-    if let Err(e) = rustix::mount::unmount(
-        &path,
-        rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
-    ) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot detach a lease tmpfs");
-    }
 }

@@ -90,7 +90,9 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
             // the user asked for it, so it is finished now.
             Some((id, meta)) if meta.hand_over.is_some() => {
                 match crate::lease::trash::to_kept(layout, id) {
-                    Ok(()) => tracing::info!(lease_id = %id, "finishing a keep interrupted by a restart"),
+                    Ok(()) => {
+                        tracing::info!(lease_id = %id, "finishing a keep interrupted by a restart")
+                    }
                     Err(e) => {
                         tracing::error!(lease_id = %id, error = %e, "cannot finish an interrupted keep; the lease is live again");
                         daemon.table.restore(from_meta(id, &meta), Restored::Live);
@@ -122,7 +124,9 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
         let Some(id) = LeaseId::parse(&name.to_string_lossy()) else {
             continue;
         };
-        daemon.table.restore(recover_kept(daemon, id, name), Restored::Kept);
+        daemon
+            .table
+            .restore(recover_kept(daemon, id, name), Restored::Kept);
     }
     let trash = names_in(layout.trash.as_fd());
     for name in &trash {

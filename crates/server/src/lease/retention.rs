@@ -41,7 +41,7 @@ pub async fn enforce(daemon: &Arc<Daemon>) {
     for id in unsized_ids {
         let d = daemon.clone();
         let size = tokio::task::spawn_blocking(move || {
-            crate::conn::requests::tree_size(&d, id, LeaseState::Kept)
+            crate::lease::size::tree_size(&d, id, LeaseState::Kept)
         })
         .await
         .ok()

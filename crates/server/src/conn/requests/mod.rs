@@ -8,7 +8,8 @@ mod reclaim;
 mod release;
 mod status;
 
-pub use list::tree_size;
+/// Where it lived before it moved to the lease module.
+pub use crate::lease::size::tree_size;
 pub use status::status_report;
 
 use std::os::fd::OwnedFd;

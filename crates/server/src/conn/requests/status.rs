@@ -26,7 +26,7 @@ pub fn status_report(daemon: &crate::lease::table::Daemon) -> StatusReport {
             "{} ({}); leases: {}",
             daemon.config.backing.as_str(),
             root.fstype,
-            daemon.mode.describe(&root.fstype, &daemon.config)
+            daemon.backend.describe(&root.fstype, &daemon.config)
         ),
         nosuid: flags.is_some_and(|f| f.nosuid),
         nodev: flags.is_some_and(|f| f.nodev),
