@@ -1,7 +1,8 @@
 //! Creating a lease's directories, by descriptor only.
 //!
 //! 1. `mkdirat(b, ".new-<id>", 0)` — a private temporary name.
-//! 2. open it (`O_DIRECTORY|O_NOFOLLOW`), `fchown(root, owner_gid)`, `fchmod 0710`.
+//! 2. open it (`O_DIRECTORY|O_NOFOLLOW`); it is `root:root`; an access ACL
+//!    lets the owner alone traverse it ([`crate::lease::outer`]).
 //! 3. `mkdirat(outer, "build", 0)`, open it, `fchown(owner)`, `fchmod 0700`.
 //! 4. the registry record `outer/lease.json` ([`crate::lease::registry`]).
 //! 5. `renameat2(b/.new-<id>, b/<id>, RENAME_NOREPLACE)` — the lease appears
@@ -69,8 +70,11 @@ pub fn allocate(
     let result = (|| {
         let outer = openat(&layout.leases, tmp_name.as_str(), DIR_OPEN, Mode::empty())
             .map_err(step("open outer"))?;
-        fchown(&outer, Some(Uid::ROOT), Some(Gid::from_raw(gid))).map_err(step("fchown outer"))?;
-        fchmod(&outer, Mode::from_raw_mode(0o710)).map_err(step("fchmod outer"))?;
+        // `b` is root's and not setgid, so the new directory is
+        // `root:root` already; the ACL lets the owner alone traverse it.
+        crate::lease::outer::owner_only(outer.as_fd(), uid).map_err(step(
+            "give the outer dir its owner-only ACL (the root filesystem needs POSIX ACLs)",
+        ))?;
         mkdirat(&outer, BUILD, Mode::empty()).map_err(step("mkdirat build"))?;
         sizing
             .mount_on(outer.as_fd(), uid, gid)

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod end;
 pub mod hand_over;
 pub mod id;
+pub mod outer;
 pub mod reaper;
 pub mod recover;
 pub mod registry;
