@@ -16,22 +16,13 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{fchmod, fchown, fstat, mkdirat, openat, Gid, Mode, OFlags, Uid};
+use rustix::fs::{fchmod, fchown, fstat, mkdirat, openat, Gid, Mode, Uid};
 use rustix::io::Errno;
 
 use crate::host::mount::VerifiedRoot;
 use crate::lease::id::LeaseId;
 
-pub const LEASES: &str = "b";
-pub const KEPT: &str = "kept";
-pub const TRASH: &str = "trash";
-pub const BUILD: &str = "build";
-
-/// Flags for every directory the daemon opens.
-pub const DIR_OPEN: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
+pub use builddir_host::paths::{BUILD, DIR_OPEN, KEPT, LEASES, TRASH};
 
 /// A layout directory could not be prepared.
 #[derive(Debug, thiserror::Error)]
