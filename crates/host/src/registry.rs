@@ -104,6 +104,12 @@ pub fn rewrite(outer: BorrowedFd<'_>, meta: &LeaseMeta) -> Result<(), Errno> {
 
 /// Reads `outer/lease.json`; `None` if missing or unreadable as a record.
 pub fn read(outer: BorrowedFd<'_>) -> Option<LeaseMeta> {
+    read_written_by(outer, 0)
+}
+
+/// Reads `outer/lease.json` if user `writer` (the daemon: root, or the
+/// test's own user in-process) wrote it.
+pub fn read_written_by(outer: BorrowedFd<'_>, writer: u32) -> Option<LeaseMeta> {
     let fd = openat(
         outer,
         META,
@@ -112,8 +118,8 @@ pub fn read(outer: BorrowedFd<'_>) -> Option<LeaseMeta> {
     )
     .ok()?;
     let st = rustix::fs::fstat(&fd).ok()?;
-    // Only a regular file that root wrote counts.
-    if st.st_uid != 0
+    // Only a regular file that the daemon wrote counts.
+    if st.st_uid != writer
         || rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
     {
         return None;

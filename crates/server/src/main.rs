@@ -9,7 +9,7 @@ use clap::Parser;
 
 use builddir_server::backend::Backend;
 use builddir_server::conn::listener::Listener;
-use builddir_server::conn::{accept, session};
+use builddir_server::conn::session;
 use builddir_server::host::config::{Backing, Config, DEFAULT_CONFIG};
 use builddir_server::host::identity::Accounts;
 use builddir_server::host::layout::Layout;
@@ -148,10 +148,11 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         let daemon = Arc::new(Daemon::new(config, layout, policy, backend));
         let found = recover::recover(&daemon, resumed);
         daemon.trimmer.grew(daemon.table.len());
-        let mut conn_id: u64 = 0;
+        let mut resumed = 0;
         let mut resumed_leases = 0;
         for (fd, ids) in found.connections {
-            conn_id += 1;
+            let conn_id = daemon.next_conn_id();
+            resumed += 1;
             match resumed_stream(fd) {
                 Ok(stream) => {
                     resumed_leases += ids.len();
@@ -166,7 +167,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
             backing = daemon.config.backing.as_str(),
             leases = daemon.backend.describe(&daemon.layout.root.fstype, &daemon.config),
             live = found.live,
-            resumed = conn_id,
+            resumed,
             awaiting_reclaim = detached,
             orphans = found.orphans,
             kept = found.kept,
@@ -187,7 +188,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         // The accept loop runs as a task on a worker, not on this thread:
         // each new connection's task then starts on the same worker (tokio's
         // LIFO slot) instead of waking another thread for every client.
-        if let Err(e) = tokio::spawn(accept::run(listener, daemon, conn_id, shutdown)).await {
+        if let Err(e) = tokio::spawn(builddir_server::run(daemon, listener, shutdown)).await {
             if e.is_panic() {
                 std::panic::resume_unwind(e.into_panic());
             }

@@ -82,6 +82,8 @@ pub struct Daemon {
     pub policy: Policy,
     /// The lease backend, decided at start.
     pub backend: Backend,
+    /// The last connection id handed out.
+    conn_ids: AtomicU64,
     /// When to give memory back after a burst of leases ends.
     pub trimmer: crate::trim::Trimmer,
 }
@@ -100,8 +102,14 @@ impl Daemon {
             reap_slots: Arc::new(Semaphore::new(config_reap)),
             policy,
             backend,
+            conn_ids: AtomicU64::new(0),
             trimmer: crate::trim::Trimmer::default(),
         }
+    }
+
+    /// A fresh connection id (resumed connections and accepted ones alike).
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The lease-count limits of the config.

@@ -10,6 +10,7 @@ pub use builddir_host::registry::*;
 
 /// Opens `area/<id>` and reads its record.
 pub fn open_record(
+    layout: &crate::host::layout::Layout,
     area: BorrowedFd<'_>,
     id: crate::lease::id::LeaseId,
 ) -> Result<(std::os::fd::OwnedFd, LeaseMeta), Errno> {
@@ -19,6 +20,11 @@ pub fn open_record(
         crate::host::layout::DIR_OPEN,
         Mode::empty(),
     )?;
-    let meta = read(std::os::fd::AsFd::as_fd(&outer)).ok_or(Errno::NOENT)?;
+    let meta = read_in(layout, std::os::fd::AsFd::as_fd(&outer)).ok_or(Errno::NOENT)?;
     Ok((outer, meta))
+}
+
+/// Reads `outer/lease.json` if this daemon's user wrote it.
+pub fn read_in(layout: &crate::host::layout::Layout, outer: BorrowedFd<'_>) -> Option<LeaseMeta> {
+    read_written_by(outer, layout.owner.0)
 }

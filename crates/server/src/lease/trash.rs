@@ -41,7 +41,7 @@ pub fn move_to_trash(
 ) -> Result<String, ReleaseError> {
     let step = |step| move |source| ReleaseError { step, source };
     let outer = openat(from, name, DIR_OPEN, Mode::empty()).map_err(step("open outer"))?;
-    fchmod(&outer, Mode::empty()).map_err(step("fchmod 0000"))?;
+    fchmod(&outer, closed_mode(layout)).map_err(step("fchmod 0000"))?;
     drop(outer);
     crate::failpoint::hit("release:after-chmod");
     let base = name.to_string_lossy().into_owned();
@@ -69,6 +69,19 @@ pub fn move_to_trash(
         }
     }
     Err(step("renameat2 into trash")(Errno::EXIST))
+}
+
+/// The mode that closes an outer directory to everyone but the daemon:
+/// 0000 (root needs no permission bits). A daemon that is not root (the
+/// in-process tests) keeps 0700 for itself, which closes the directory to
+/// everyone else just as well: it is the daemon's, and 0700 clears the ACL
+/// mask, and with it the owner's entry.
+fn closed_mode(layout: &Layout) -> Mode {
+    if layout.owner.0 == 0 {
+        Mode::empty()
+    } else {
+        Mode::RWXU
+    }
 }
 
 /// Moves `b/<id>` into the kept area.
