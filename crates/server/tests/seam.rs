@@ -168,3 +168,39 @@ async fn limits_hold_under_concurrent_allocations_in_process() {
     drop(held);
     assert!(quiet(&d, &tmp).await && d.table.is_empty());
 }
+
+#[test]
+fn a_stopping_daemon_keeps_the_leases_of_connections_still_open() {
+    let tmp = TempRoot::new("seam-stop");
+    let d = daemon(&tmp, NO_RETENTION);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let lease = rt.block_on(async {
+        let listener = tokio::net::UnixListener::bind(tmp.socket()).unwrap();
+        let server = tokio::spawn(builddir_server::run(d.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let lease = builddir_client::Client::connect(tmp.socket())
+            .await
+            .unwrap()
+            .allocate("still-building")
+            .await
+            .unwrap();
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        lease
+    });
+    // SIGTERM's path: the runtime goes, and with it every session task.
+    drop(rt);
+    assert!(d.is_stopping());
+    assert_eq!(d.table.live_counts(me().0), (1, 1));
+    assert!(
+        lease.path().is_dir(),
+        "a restart must not end a running build"
+    );
+    std::mem::forget(lease); // its runtime is gone
+}

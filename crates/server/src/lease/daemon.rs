@@ -2,7 +2,7 @@
 //! backend and counters. One `Arc<Daemon>` is shared by every task.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::{Instant, SystemTime};
@@ -84,6 +84,10 @@ pub struct Daemon {
     pub backend: Backend,
     /// The last connection id handed out.
     conn_ids: AtomicU64,
+    /// Set when the daemon stops serving (SIGTERM): the connections still
+    /// open are about to be dropped with the runtime, and their leases
+    /// must survive for the next daemon, not be released.
+    stopping: AtomicBool,
     /// When to give memory back after a burst of leases ends.
     pub trimmer: crate::trim::Trimmer,
 }
@@ -103,8 +107,20 @@ impl Daemon {
             policy,
             backend,
             conn_ids: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
             trimmer: crate::trim::Trimmer::default(),
         }
+    }
+
+    /// The daemon stops serving: from now on a dropped session keeps its
+    /// leases (the next daemon gets them back from the fd store, or their
+    /// clients reclaim them).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// A fresh connection id (resumed connections and accepted ones alike).
