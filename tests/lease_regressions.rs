@@ -455,3 +455,70 @@ fn a_stored_connection_the_new_daemon_cannot_serve_does_not_pin_its_lease() {
     );
     drop((first, second));
 }
+
+/// A release whose move into trash fails leaves the lease live and still
+/// bound to its connection: the connection's end still releases it.
+#[test]
+fn a_failed_release_leaves_the_lease_bound_to_its_connection() {
+    if !require_root("a_failed_release_leaves_the_lease_bound_to_its_connection") {
+        return;
+    }
+    let d = Daemon::start("failed-release");
+    let mut s = raw(&d.socket);
+    assert!(matches!(
+        hello(&mut s),
+        builddir_proto::HelloReply::Welcome { .. }
+    ));
+    send(
+        &mut s,
+        &Request::Allocate {
+            name: "stuck".into(),
+            owner: None,
+            limit: None,
+        },
+    );
+    let Some(Response::Allocated(a)) = read_msg::<Response>(&mut s) else {
+        panic!("allocation failed:\n{}", d.log_text());
+    };
+    // An immutable trash: the rename into it fails (EPERM).
+    let trash = d.root.join("trash");
+    let chattr = |flag: &str| {
+        let out = Command::new("chattr").arg(flag).arg(&trash).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            other => panic!(
+                "chattr {flag} {trash:?} failed ({other:?}); this test needs chattr (e2fsprogs) and a root on ext4/XFS"
+            ),
+        }
+    };
+    chattr("+i");
+    send(
+        &mut s,
+        &Request::Release {
+            id: a.id.clone(),
+            keep: false,
+        },
+    );
+    let answer = read_msg::<Response>(&mut s);
+    chattr("-i");
+    assert!(
+        matches!(&answer, Some(Response::Error(e)) if e.kind == builddir_proto::ErrorKind::Internal),
+        "{answer:?}"
+    );
+    assert_eq!(live_rows(&d), 1);
+    let outer = std::path::Path::new(&a.path).parent().unwrap();
+    assert_eq!(
+        std::fs::metadata(outer).unwrap().mode() & 0o777,
+        0o710,
+        "a lease that stays live must stay open to its owner"
+    );
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(10), || !std::path::Path::new(&a.path)
+            .exists()
+            && live_rows(&d) == 0),
+        "the lease outlived its connection after a failed release: {:?}\n{}",
+        d.list_all(),
+        d.log_text()
+    );
+}

@@ -41,9 +41,27 @@ pub fn move_to_trash(
 ) -> Result<String, ReleaseError> {
     let step = |step| move |source| ReleaseError { step, source };
     let outer = openat(from, name, DIR_OPEN, Mode::empty()).map_err(step("open outer"))?;
+    let was = rustix::fs::fstat(&outer)
+        .map_err(step("fstat outer"))?
+        .st_mode
+        & 0o7777;
     fchmod(&outer, closed_mode(layout)).map_err(step("fchmod 0000"))?;
-    drop(outer);
     crate::failpoint::hit("release:after-chmod");
+    let moved = rename_into_trash(layout, from, name);
+    if moved.is_err() {
+        // The lease stays where it was: open it to its owner again (the
+        // mode's group bits are the ACL mask that lets the owner in).
+        let _ = fchmod(&outer, Mode::from_raw_mode(was));
+    }
+    moved
+}
+
+fn rename_into_trash(
+    layout: &Layout,
+    from: BorrowedFd<'_>,
+    name: &CStr,
+) -> Result<String, ReleaseError> {
+    let step = |step| move |source| ReleaseError { step, source };
     let base = name.to_string_lossy().into_owned();
     // A name can already be in trash only after a crash mid-reap of a tree
     // with the same name (`.new-*` leftovers); never replace it.
