@@ -112,13 +112,13 @@ pub async fn keep(
         .map_err(|e| internal("read lease.json", &e))?;
     meta.hand_over = Some(intent);
     registry::rewrite(outer.as_fd(), &meta).map_err(|e| internal("record the keep", &e))?;
-    crate::systemd::fdstore::forget(&daemon.config, id);
     if let Err(e) = to_kept(layout, id) {
         meta.hand_over = None;
         let _ = registry::rewrite(outer.as_fd(), &meta);
         return Err(internal("move into the kept area", &e));
     }
     claim.moved_to_kept();
+    crate::systemd::fdstore::forget(&daemon.config, id);
     crate::failpoint::hit("keep:after-rename");
     Counters::bump(&daemon.counters.releases);
     let path = layout.kept_path(id);
@@ -174,6 +174,16 @@ pub fn finish_hand_over(
         bytes = done.walk.bytes,
         "kept tree handed over"
     );
+    // All or nothing: a tree the walk did not entirely reach is not the
+    // requester's yet; the record keeps the hand-over pending.
+    if done.walk.errors > 0 || done.walk.too_deep > 0 {
+        return Err(format!(
+            "the hand-over did not reach every entry ({} errors, {} subtrees too deep; first error: {})",
+            done.walk.errors,
+            done.walk.too_deep,
+            done.walk.first_error.as_deref().unwrap_or("none")
+        ));
+    }
     meta.owner_uid = to.to_uid;
     meta.owner_gid = to.to_gid;
     meta.hand_over = None;
