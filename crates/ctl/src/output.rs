@@ -54,7 +54,10 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-pub use builddir_server::logging::one_line;
+/// An error and its causes on one line, each cause once.
+pub fn one_line(e: &anyhow::Error) -> String {
+    builddir_host::one_line(e.as_ref())
+}
 
 /// `3s`, `5m`, `2h`, `4d`: the largest whole unit.
 pub fn age(secs: u64) -> String {

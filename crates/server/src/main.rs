@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use builddir_server::backend::LeaseMode;
+use builddir_server::backend::Backend;
 use builddir_server::conn::listener::Listener;
-use builddir_server::conn::{accept, session};
+use builddir_server::conn::session;
 use builddir_server::host::config::{Backing, Config, DEFAULT_CONFIG};
 use builddir_server::host::identity::Accounts;
 use builddir_server::host::layout::Layout;
@@ -91,7 +91,11 @@ fn load_config(args: &Args) -> Result<Config> {
 fn run(args: Args) -> Result<()> {
     let config = load_config(&args)?;
     if args.check {
-        return check(&config);
+        let path = args
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        return check(&config, &path);
     }
     // The socket first: a second daemon must fail here, before it touches
     // the mount or anything under it.
@@ -101,27 +105,24 @@ fn run(args: Args) -> Result<()> {
     result
 }
 
-fn check(config: &Config) -> Result<()> {
-    Policy::from_config(config, &Accounts::load())?;
-    mount::check_no_symlinks(&config.root)?;
-    if config.backing == Backing::External || mount::is_mount_point(&config.root).unwrap_or(false) {
-        let root = mount::verify(&config.root)?;
-        println!(
-            "ok: {} is a verified nosuid,nodev,exec mount",
-            config.root.display()
-        );
-        if config.lease_backend == builddir_server::host::config::LeaseBackend::ProjectQuota {
-            builddir_server::backend::require_project_quota(&root).map_err(anyhow::Error::msg)?;
-            println!("ok: {} enforces project quotas", config.root.display());
-        }
-    } else {
-        println!(
-            "ok: configuration valid; {} will be mounted ({}) at start",
-            config.root.display(),
-            config.backing.as_str()
-        );
+/// The same host check as `builddir-ctl check`, in the same words, for a
+/// daemon about to start: an unmounted root is fine (it is mounted at
+/// start). Exit 1 with the first problem if there is any.
+fn check(config: &Config, config_path: &std::path::Path) -> Result<()> {
+    use builddir_host::check::{self, When};
+    let mut findings = vec![check::policy(config, config_path)];
+    findings.extend(check::root(config, When::BeforeStart));
+    for f in &findings {
+        println!("{}", f.line());
     }
-    Ok(())
+    match findings.iter().find(|f| !f.ok) {
+        None => Ok(()),
+        Some(f) => anyhow::bail!(
+            "check failed: {} — fix: {}",
+            f.detail,
+            f.fix.as_deref().unwrap_or("see above")
+        ),
+    }
 }
 
 fn serve(config: Config, listener: &mut Listener) -> Result<()> {
@@ -138,7 +139,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     let root = mount::verify(&config.root)?;
     let layout = Layout::open(root)?;
     recover::lock_root(&layout).map_err(anyhow::Error::msg)?;
-    let mode = LeaseMode::decide(&config, &layout).map_err(anyhow::Error::msg)?;
+    let backend = Backend::decide(&config, &layout).map_err(anyhow::Error::msg)?;
     let std_listener = listener
         .listener
         .try_clone()
@@ -155,54 +156,51 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     at_stop.counts = runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the socket")?;
-        let daemon = Arc::new(Daemon::new(config, layout, policy, mode));
+        let daemon = Arc::new(Daemon::new(config, layout, policy, backend));
         let found = recover::recover(&daemon, resumed);
-        daemon.trimmer.grew(daemon.leases().len());
-        let mut conn_id: u64 = 0;
+        daemon.trimmer.grew(daemon.table.len());
+        let mut resumed = 0;
+        let mut resumed_leases = 0;
         for (fd, ids) in found.connections {
-            conn_id += 1;
+            let conn_id = daemon.next_conn_id();
+            resumed += 1;
             match resumed_stream(fd) {
                 Ok(stream) => {
-                    for id in &ids {
-                        if let Some(r) = daemon.leases().get_mut(id) {
-                            r.conn = conn_id;
-                        }
-                    }
-                    tokio::spawn(session::resume(daemon.clone(), stream, conn_id));
+                    resumed_leases += ids.len();
+                    tokio::spawn(session::resume(daemon.clone(), stream, conn_id, ids));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot resume a stored connection"),
             }
         }
-        let detached = daemon
-            .leases()
-            .values()
-            .filter(|r| r.conn == 0 && r.state == builddir_proto::LeaseState::Live)
-            .count();
+        let detached = found.live.saturating_sub(resumed_leases);
         tracing::info!(
             root = %daemon.layout.root_path().display(),
             backing = daemon.config.backing.as_str(),
-            leases = daemon.mode.describe(&daemon.layout.root.fstype, &daemon.config),
+            leases = daemon.backend.describe(&daemon.layout.root.fstype, &daemon.config),
             live = found.live,
-            resumed = conn_id,
+            resumed,
             awaiting_reclaim = detached,
             orphans = found.orphans,
             kept = found.kept,
             trash = found.trash,
             "mount verified (nosuid,nodev,exec); serving"
         );
-        if detached > 0 {
+        // Always: a stored connection that cannot be served again leaves
+        // its leases detached too.
+        if found.live > 0 {
             builddir_server::lease::end::spawn_grace_expiry(daemon.clone());
         }
         // Handlers first: a SIGTERM right after READY=1 must stop us
         // cleanly, not kill us by the default action.
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-        notify::ready(&daemon);
-        notify::spawn_heartbeat(daemon.clone());
+        notify::ready(&daemon.status_line());
+        let beat = daemon.clone();
+        notify::spawn_heartbeat(move || beat.status_line());
         builddir_server::lease::retention::spawn_periodic(daemon.clone());
         // The accept loop runs as a task on a worker, not on this thread:
         // each new connection's task then starts on the same worker (tokio's
         // LIFO slot) instead of waking another thread for every client.
-        if let Err(e) = tokio::spawn(accept::run(listener, daemon.clone(), conn_id, shutdown)).await
+        if let Err(e) = tokio::spawn(builddir_server::run(daemon.clone(), listener, shutdown)).await
         {
             if e.is_panic() {
                 std::panic::resume_unwind(e.into_panic());
@@ -211,7 +209,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         }
         notify::stopping();
         tracing::info!("stopping");
-        Ok::<_, anyhow::Error>(daemon.state_counts())
+        Ok::<_, anyhow::Error>(daemon.table.state_counts())
     })?;
     // Every task and fd of the daemon goes with the runtime: nothing of
     // ours keeps the mount busy after this.

@@ -3,13 +3,16 @@
 //! The lease table hands each lease to exactly one ender (an atomic claim),
 //! so racing ends act once.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use builddir_proto::{ErrorKind, ErrorReply, LeaseState};
+use builddir_proto::{ErrorKind, ErrorReply};
 
 use crate::lease::id::LeaseId;
-use crate::lease::table::{Counters, Daemon};
-use crate::lease::trash::to_trash;
+use crate::lease::registry::{self, PendingHandOver};
+use crate::lease::table::{Counters, Daemon, End};
+use crate::lease::trash::{to_kept, to_trash};
 
 /// Who ends a lease, for the audit log.
 #[derive(Debug, Clone, Copy)]
@@ -21,58 +24,43 @@ pub struct Ender<'a> {
 
 /// Moves live lease `id` to trash and starts its reap.
 pub fn release(daemon: &Arc<Daemon>, id: LeaseId, by: Ender<'_>) -> Result<(), ErrorReply> {
-    if !daemon.claim_live(id, LeaseState::Reaping) {
-        return Err(ErrorReply::new(
-            ErrorKind::NotFound,
-            format!("lease {id} was released already"),
-        ));
-    }
+    let claim = daemon.table.claim_live(id, End::Release).map_err(|e| {
+        ErrorReply::new(ErrorKind::NotFound, format!("{e}: it was released already"))
+    })?;
     crate::systemd::fdstore::forget(&daemon.config, id);
     match to_trash(&daemon.layout, id) {
         Ok(trash_name) => {
+            claim.into_reaping(trash_name.clone());
             Counters::bump(&daemon.counters.releases);
-            start_reap(daemon, id, trash_name, by);
+            tracing::info!(
+                lease_id = %id,
+                uid = by.uid,
+                pid = by.pid,
+                path = %daemon.layout.lease_path(id).display(),
+                why = by.why,
+                "released"
+            );
+            crate::lease::reaper::spawn(daemon.clone(), trash_name, Some(id));
             Ok(())
         }
         Err(e) => {
-            daemon.unclaim(id);
+            // Dropping the claim puts the lease back, bound to its
+            // connection as before.
+            drop(claim);
             tracing::error!(lease_id = %id, error = %e, "release failed");
             Err(ErrorReply::new(ErrorKind::Internal, e.to_string()))
         }
     }
 }
 
-/// Marks `id` reaping in `trash/<trash_name>` and deletes it in the background.
-pub fn start_reap(daemon: &Arc<Daemon>, id: LeaseId, trash_name: String, by: Ender<'_>) {
-    if let Some(r) = daemon.leases().get_mut(&id) {
-        r.state = LeaseState::Reaping;
-        r.conn = 0;
-        r.trash_name = Some(trash_name.clone());
-    }
-    tracing::info!(
-        lease_id = %id,
-        uid = by.uid,
-        pid = by.pid,
-        path = %daemon.layout.lease_path(id).display(),
-        why = by.why,
-        "released"
-    );
-    crate::lease::reaper::spawn(daemon.clone(), trash_name, Some(id));
-}
-
 /// After a restart: releases every live lease that nobody reclaimed within
-/// `reclaim_grace_secs`.
+/// `reclaim_grace_secs` (and any whose stored connection could not be
+/// served again).
 pub fn spawn_grace_expiry(daemon: Arc<Daemon>) {
     let grace = std::time::Duration::from_secs(daemon.config.reclaim_grace_secs);
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
-        let detached: Vec<LeaseId> = daemon
-            .leases()
-            .values()
-            .filter(|r| r.state == LeaseState::Live && r.conn == 0)
-            .map(|r| r.id)
-            .collect();
-        for id in detached {
+        for id in daemon.table.detached() {
             let _ = release(
                 &daemon,
                 id,
@@ -84,4 +72,132 @@ pub fn spawn_grace_expiry(daemon: Arc<Daemon>) {
             );
         }
     });
+}
+
+/// A keep that ended with the tree in the kept area.
+#[derive(Debug)]
+pub struct KeptTree {
+    pub path: std::path::PathBuf,
+    /// Why the tree is not (entirely) the requester's, if it is not.
+    pub not_handed_over: Option<String>,
+}
+
+/// Moves live lease `id` into the kept area and hands its tree to the
+/// requester `to_uid:to_gid`. The intent is recorded in the lease's
+/// `lease.json` before the tree moves, so a crash at any point is finished
+/// at the next start ([`crate::lease::recover`]); the record names the
+/// requester as owner only once the hand-over reached every entry.
+pub async fn keep(
+    daemon: &Arc<Daemon>,
+    id: LeaseId,
+    by: Ender<'_>,
+    to_uid: u32,
+    to_gid: u32,
+) -> Result<KeptTree, ErrorReply> {
+    let mut claim = daemon.table.claim_live(id, End::Keep).map_err(|e| {
+        ErrorReply::new(ErrorKind::NotFound, format!("{e}: it was released already"))
+    })?;
+    let (from_uid, from_gid) = (claim.record().owner_uid, claim.record().owner_gid);
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(lease_id = %id, error = %e, "keep failed: {what}");
+        ErrorReply::new(ErrorKind::Internal, format!("keep failed: {what}: {e}"))
+    };
+    let layout = &daemon.layout;
+    let intent = PendingHandOver {
+        from_uid,
+        to_uid,
+        to_gid,
+    };
+    let (outer, mut meta) = registry::open_record(layout, layout.leases.as_fd(), id)
+        .map_err(|e| internal("read lease.json", &e))?;
+    meta.hand_over = Some(intent);
+    registry::rewrite(outer.as_fd(), &meta).map_err(|e| internal("record the keep", &e))?;
+    if let Err(e) = to_kept(layout, id) {
+        meta.hand_over = None;
+        let _ = registry::rewrite(outer.as_fd(), &meta);
+        return Err(internal("move into the kept area", &e));
+    }
+    claim.moved_to_kept();
+    crate::systemd::fdstore::forget(&daemon.config, id);
+    crate::failpoint::hit("keep:after-rename");
+    Counters::bump(&daemon.counters.releases);
+    let path = layout.kept_path(id);
+    tracing::info!(lease_id = %id, uid = by.uid, pid = by.pid, path = %path.display(), why = by.why, "kept");
+    let d = daemon.clone();
+    let done = tokio::task::spawn_blocking(move || finish_hand_over(&d, id, meta))
+        .await
+        .unwrap_or_else(|e| Err(format!("the hand-over task failed: {e}")));
+    let kept_at = SystemTime::now();
+    let not_handed_over = match done {
+        Ok(bytes) => {
+            claim.into_kept((to_uid, to_gid), kept_at, Some(bytes));
+            None
+        }
+        Err(why) => {
+            // Left to the next start, which retries it before listing it.
+            claim.into_kept((from_uid, from_gid), kept_at, None);
+            tracing::error!(lease_id = %id, error = %why, "kept tree not handed over");
+            Some(why)
+        }
+    };
+    crate::lease::retention::enforce(daemon).await;
+    Ok(KeptTree {
+        path,
+        not_handed_over,
+    })
+}
+
+/// Hands kept tree `id` over as `meta.hand_over` says and records the new
+/// owner; returns the tree's size. Blocking (a walk of the whole tree).
+pub fn finish_hand_over(
+    daemon: &Daemon,
+    id: LeaseId,
+    mut meta: registry::LeaseMeta,
+) -> Result<u64, String> {
+    let Some(to) = meta.hand_over else {
+        return Err("no hand-over recorded".into());
+    };
+    let layout = &daemon.layout;
+    let done =
+        crate::lease::hand_over::hand_over_kept(layout, id, to.from_uid, to.to_uid, to.to_gid)
+            .map_err(|e| format!("cannot open the kept tree: {e}"))?;
+    tracing::info!(
+        lease_id = %id,
+        uid = to.to_uid,
+        owner_uid = to.from_uid,
+        chowned = done.chowned,
+        setid_cleared = done.setid_cleared,
+        skipped = done.skipped,
+        too_deep = done.walk.too_deep,
+        errors = done.walk.errors,
+        first_error = done.walk.first_error.as_deref().unwrap_or(""),
+        bytes = done.walk.bytes,
+        "kept tree handed over"
+    );
+    // All or nothing: a tree the walk did not entirely reach is not the
+    // requester's yet; the record keeps the hand-over pending.
+    if done.walk.errors > 0 || done.walk.too_deep > 0 {
+        return Err(format!(
+            "the hand-over did not reach every entry ({} errors, {} subtrees too deep; first error: {})",
+            done.walk.errors,
+            done.walk.too_deep,
+            done.walk.first_error.as_deref().unwrap_or("none")
+        ));
+    }
+    meta.owner_uid = to.to_uid;
+    meta.owner_gid = to.to_gid;
+    meta.hand_over = None;
+    meta.kept_unix = Some(unix_now());
+    let (outer, _) = registry::open_record(layout, layout.kept.as_fd(), id)
+        .map_err(|e| format!("cannot reopen the kept tree's record: {e}"))?;
+    registry::rewrite(outer.as_fd(), &meta)
+        .map_err(|e| format!("cannot record the new owner: {e}"))?;
+    Ok(done.walk.bytes)
+}
+
+/// Seconds since the epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

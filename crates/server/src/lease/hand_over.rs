@@ -153,8 +153,8 @@ pub fn hand_over(build: std::os::fd::OwnedFd, owner: u32, to_uid: u32, to_gid: u
     done
 }
 
-/// Opens `kept/<id>`, gives its group to `to_gid` (so the requester can
-/// traverse the root-owned 0710 outer dir), and hands `build` over.
+/// Opens `kept/<id>`, lets the requester alone traverse the root-owned
+/// outer dir, and hands `build` over.
 pub fn hand_over_kept(
     layout: &crate::host::layout::Layout,
     id: crate::lease::id::LeaseId,
@@ -169,7 +169,14 @@ pub fn hand_over_kept(
         DIR_OPEN,
         Mode::empty(),
     )?;
-    fchown(&outer, Some(Uid::ROOT), Some(Gid::from_raw(to_gid)))?;
+    // The daemon's own (a tree kept by an older daemon had the owner's
+    // group).
+    let st = fstat(&outer)?;
+    let (uid, gid) = layout.owner;
+    if (st.st_uid, st.st_gid) != (uid, gid) {
+        fchown(&outer, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+    }
+    crate::lease::outer::owner_only(outer.as_fd(), to_uid)?;
     let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty())?;
     crate::failpoint::hit("keep:before-hand-over");
     Ok(hand_over(build, owner, to_uid, to_gid))
