@@ -36,6 +36,11 @@ pub fn remove_kept(daemon: &Arc<Daemon>, id: LeaseId, why: &str) -> bool {
 
 /// Measures kept trees whose size is unknown (recovered at start), then
 /// deletes the oldest until every retention limit holds.
+///
+/// Each measurement is a bounded walk; a tree whose walk stops early has no
+/// size (what was counted is only a lower bound, and a tree that changes
+/// under a walk has a live writer it should not have), so it is deleted
+/// with the reason logged rather than counted as small.
 pub async fn enforce(daemon: &Arc<Daemon>) {
     let unsized_ids: Vec<LeaseId> = daemon
         .leases()
@@ -45,16 +50,37 @@ pub async fn enforce(daemon: &Arc<Daemon>) {
         .collect();
     for id in unsized_ids {
         let d = daemon.clone();
-        let size = tokio::task::spawn_blocking(move || {
-            crate::conn::requests::tree_size(&d, id, LeaseState::Kept)
+        let walked = tokio::task::spawn_blocking(move || {
+            crate::conn::requests::tree_walk(&d, id, LeaseState::Kept)
         })
         .await
         .ok()
         .flatten();
-        if let Some(r) = daemon.leases().get_mut(&id) {
-            r.size_bytes = Some(size.unwrap_or(0));
+        match walked {
+            Some(report) if report.complete() => {
+                if let Some(r) = daemon.leases().get_mut(&id) {
+                    r.size_bytes = Some(report.bytes);
+                }
+            }
+            Some(report) => {
+                let why = report.stopped.map_or("", |s| s.as_str());
+                tracing::warn!(lease_id = %id, stopped = why, entries = report.entries, "kept tree size walk stopped early");
+                remove_kept(daemon, id, "retention: size walk stopped early");
+            }
+            // Gone or unreadable: nothing to count.
+            None => {
+                if let Some(r) = daemon.leases().get_mut(&id) {
+                    r.size_bytes = Some(0);
+                }
+            }
         }
     }
+    enforce_known(daemon);
+}
+
+/// Deletes the oldest kept trees until every retention limit holds, with
+/// the sizes already known (no walk: fast enough for a reply to wait on).
+pub fn enforce_known(daemon: &Arc<Daemon>) {
     let config = &daemon.config;
     let mut kept: Vec<(SystemTime, LeaseId, u64)> = daemon
         .leases()

@@ -7,7 +7,7 @@ use super::{error, Reply, Session};
 use crate::host::layout::{id_name, BUILD, DIR_OPEN};
 use crate::lease::id::LeaseId;
 use crate::lease::table::Daemon;
-use crate::tree::walk::{walk, JustSize};
+use crate::tree::walk::{walk, JustSize, WalkReport};
 
 impl Session {
     pub(super) async fn list(&mut self, all: bool, size: bool) -> Reply {
@@ -62,8 +62,19 @@ fn lease_size(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<u64> {
     tree_size(daemon, id, state)
 }
 
-/// Bytes in a live or kept tree (by fd walk), `None` for other states.
+/// Bytes in a live or kept tree (by a bounded fd walk); `None` for other
+/// states, and when the walk stopped before reaching every entry (its
+/// count would be a lower bound, not a size).
 pub fn tree_size(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<u64> {
+    let report = tree_walk(daemon, id, state)?;
+    if let Some(stopped) = report.stopped {
+        tracing::info!(lease_id = %id, stopped = stopped.as_str(), entries = report.entries, "size walk stopped early; size unknown");
+    }
+    report.size()
+}
+
+/// The bounded size walk of a live or kept tree.
+pub fn tree_walk(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<WalkReport> {
     let area = match state {
         LeaseState::Live => &daemon.layout.leases,
         LeaseState::Kept => &daemon.layout.kept,
@@ -71,5 +82,5 @@ pub fn tree_size(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<u64>
     };
     let outer: OwnedFd = openat(area, id_name(id).as_c_str(), DIR_OPEN, Mode::empty()).ok()?;
     let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty()).ok()?;
-    Some(walk(build, &mut JustSize).bytes)
+    Some(walk(build, &mut JustSize))
 }

@@ -8,7 +8,7 @@ mod reclaim;
 mod release;
 mod status;
 
-pub use list::tree_size;
+pub use list::{tree_size, tree_walk};
 pub use status::status_report;
 
 use std::os::fd::OwnedFd;

@@ -7,6 +7,7 @@ use crate::lease::end::Ender;
 use crate::lease::id::LeaseId;
 use crate::lease::table::Counters;
 use crate::lease::trash::to_kept;
+use crate::tree::walk::{Limits, Stopped};
 
 impl Session {
     pub(super) async fn release(&mut self, id: &str, keep: bool) -> Reply {
@@ -22,7 +23,9 @@ impl Session {
         }
         let result = self.end_lease(record.id, keep, "release");
         if let Ok(Some(_)) = &result {
-            self.hand_over_kept(&record).await;
+            if let Err(e) = self.hand_over_kept(&record).await {
+                return refusal(e);
+            }
         }
         match result {
             Ok(kept_path) => (
@@ -112,30 +115,46 @@ impl Session {
     }
 
     /// Gives a kept tree to the requester (off the async workers: the tree
-    /// can be large), records its size, then applies retention.
-    async fn hand_over_kept(&self, record: &crate::lease::table::LeaseRecord) {
+    /// can be large), records its size, then applies retention to the
+    /// sizes already known (no walk of anyone else's tree on this reply).
+    ///
+    /// All or nothing: if the bounded walk did not reach every entry (too
+    /// many entries or bytes, too deep, too slow, or the tree changed under
+    /// it), the tree is not handed over but deleted, and the reply says why.
+    async fn hand_over_kept(
+        &self,
+        record: &crate::lease::table::LeaseRecord,
+    ) -> Result<(), ErrorReply> {
         let daemon = self.daemon.clone();
         let (id, owner, to_uid, to_gid) =
             (record.id, record.owner_uid, self.peer.uid, self.peer.gid);
+        let limits = hand_over_limits(&self.daemon.config);
         let done = tokio::task::spawn_blocking(move || {
-            crate::lease::hand_over::hand_over_kept(&daemon.layout, id, owner, to_uid, to_gid)
+            crate::lease::hand_over::hand_over_kept(
+                &daemon.layout,
+                id,
+                owner,
+                to_uid,
+                to_gid,
+                limits,
+            )
         })
         .await;
         let done = match done {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 tracing::error!(lease_id = %id, error = %e, "cannot hand over kept tree");
-                return;
+                return Err(self.not_kept(
+                    id,
+                    ErrorKind::Internal,
+                    &format!("cannot open it: {e}"),
+                ));
             }
             Err(e) => {
                 tracing::error!(lease_id = %id, error = %e, "hand-over task failed");
-                return;
+                return Err(self.not_kept(id, ErrorKind::Internal, "the hand-over task failed"));
             }
         };
-        if let Some(r) = self.daemon.leases().get_mut(&id) {
-            r.kept_at = Some(std::time::SystemTime::now());
-            r.size_bytes = Some(done.walk.bytes);
-        }
         tracing::info!(
             lease_id = %id,
             uid = to_uid,
@@ -143,12 +162,62 @@ impl Session {
             chowned = done.chowned,
             setid_cleared = done.setid_cleared,
             skipped = done.skipped,
-            too_deep = done.walk.too_deep,
+            entries = done.walk.entries,
+            stopped = done.walk.stopped.map_or("", |s| s.as_str()),
             errors = done.walk.errors,
             first_error = done.walk.first_error.as_deref().unwrap_or(""),
             bytes = done.walk.bytes,
-            "kept tree handed over"
+            "kept tree hand-over walked"
         );
-        crate::lease::retention::enforce(&self.daemon).await;
+        if let Some(why) = done.refusal() {
+            // A tree that changed under the walk has a live writer; one that
+            // is too big for the bounds is over a limit.
+            let kind = match done.walk.stopped {
+                Some(Stopped::Revisit | Stopped::Moved) => ErrorKind::Busy,
+                Some(_) => ErrorKind::QuotaExceeded,
+                None => ErrorKind::Internal,
+            };
+            return Err(self.not_kept(id, kind, &why));
+        }
+        if let Some(r) = self.daemon.leases().get_mut(&id) {
+            r.kept_at = Some(std::time::SystemTime::now());
+            r.size_bytes = Some(done.walk.bytes);
+        }
+        crate::lease::retention::enforce_known(&self.daemon);
+        Ok(())
+    }
+
+    /// The tree of `id` could not be handed over: it goes to trash (and is
+    /// reaped) and the reply says why.
+    fn not_kept(&self, id: LeaseId, kind: ErrorKind, why: &str) -> ErrorReply {
+        let removed = crate::lease::retention::remove_kept(
+            &self.daemon,
+            id,
+            "keep: the tree could not be handed over",
+        );
+        tracing::warn!(lease_id = %id, uid = self.peer.uid, why, removed, "kept tree not handed over");
+        let limits = hand_over_limits(&self.daemon.config);
+        ErrorReply::new(
+            kind,
+            format!(
+                "lease {id} was released but its tree was not kept: {why}; it is being deleted \
+                 (a kept tree must be walked whole: at most {} entries, {} levels, {} s)",
+                limits.max_entries,
+                limits.max_depth,
+                limits.max_time.as_secs(),
+            ),
+        )
+    }
+}
+
+/// Bounds on one hand-over walk: the defaults, and no more bytes than the
+/// kept area may hold in total (such a tree would be evicted at once).
+fn hand_over_limits(config: &crate::host::config::Config) -> Limits {
+    Limits {
+        max_bytes: match config.kept_max_bytes {
+            0 => u64::MAX,
+            n => n,
+        },
+        ..Limits::default()
     }
 }
