@@ -100,6 +100,7 @@ fn finish(
             lease_id,
             trash = trash_name,
             removed = report.removed,
+            restarts = report.restarts,
             elapsed_ms,
             "reaped"
         );
@@ -126,6 +127,7 @@ fn finish(
         mount_points = report.mount_points,
         refilling = report.refilling,
         moved = report.moved,
+        restarts = report.restarts,
         first_error = first,
         elapsed_ms,
         "tree left in quarantine; it is retried at the next start"
