@@ -89,8 +89,13 @@ pub fn check(
     } else {
         for f in &findings {
             match &f.fix {
-                None => println!("ok    {:<8} {}", f.check, f.detail),
-                Some(fix) => println!("FAIL  {:<8} {} — fix: {fix}", f.check, f.detail),
+                None => println!("ok    {:<8} {}", f.check, output::text(&f.detail)),
+                Some(fix) => println!(
+                    "FAIL  {:<8} {} — fix: {}",
+                    f.check,
+                    output::text(&f.detail),
+                    output::text(fix)
+                ),
             }
         }
     }

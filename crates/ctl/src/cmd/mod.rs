@@ -33,9 +33,13 @@ pub async fn release(socket: &Path, json: bool, id: &str, keep: bool) -> Result<
             kept_path: released.kept_path.as_deref(),
         })?;
     } else if let Some(path) = &released.kept_path {
-        println!("kept {} at {path}", released.id);
+        println!(
+            "kept {} at {}",
+            output::text(&released.id),
+            output::text(path)
+        );
     } else {
-        println!("released {}", released.id);
+        println!("released {}", output::text(&released.id));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -46,7 +50,7 @@ pub async fn remove(socket: &Path, json: bool, id: &str) -> Result<ExitCode> {
     if json {
         output::json(&serde_json::json!({ "id": id, "removed": true }))?;
     } else {
-        println!("removed {id}");
+        println!("removed {}", output::text(id));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -58,7 +62,7 @@ pub async fn gc(socket: &Path, json: bool, older_than_secs: u64) -> Result<ExitC
         output::json(&serde_json::json!({ "removed": ids }))?;
     } else {
         for id in &ids {
-            println!("removed {id}");
+            println!("removed {}", output::text(id));
         }
         println!("{} kept tree(s) removed", ids.len());
     }

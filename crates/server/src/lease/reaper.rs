@@ -161,7 +161,7 @@ fn log_if_project_full(daemon: &Daemon, project: u32, name: &std::ffi::CStr) {
     };
     if crate::backend::project::at_limit(&u) {
         tracing::warn!(
-            trash = %name.to_string_lossy(),
+            trash = ?name,
             project_id = project,
             used_bytes = u.bytes,
             used_inodes = u.inodes,

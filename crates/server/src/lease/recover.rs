@@ -103,7 +103,7 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
                 tracing::warn!(trash = t, path = %layout.root_path().join("b").join(name.to_string_lossy().as_ref()).display(), "orphan build dir (no live lease) moved to trash")
             }
             Err(e) => {
-                tracing::error!(name = %name.to_string_lossy(), error = %e, "cannot move orphan to trash")
+                tracing::error!(name = ?name, error = %e, "cannot move orphan to trash")
             }
         }
     }

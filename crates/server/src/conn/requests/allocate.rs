@@ -156,7 +156,7 @@ impl Session {
             pid = peer.pid,
             owner_uid = owner.uid,
             owner_gid = owner.gid,
-            name = %name,
+            name = name.as_str(),
             path = %path.display(),
             limit_bytes = limit.map(|l| l.bytes),
             project_id,

@@ -68,7 +68,7 @@ impl Session {
         };
         if let (Response::Error(e), _) = &reply {
             self.daemon.counters.refused(e.kind);
-            tracing::info!(uid = self.peer.uid, pid = self.peer.pid, kind = %e.kind, message = %e.message, "request refused");
+            tracing::info!(uid = self.peer.uid, pid = self.peer.pid, kind = %e.kind, message = e.message.as_str(), "request refused");
         }
         reply
     }
