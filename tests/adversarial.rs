@@ -122,6 +122,22 @@ impl Attack {
             .unwrap();
     }
 
+    /// Sends one line to the attacker ("go", "keep").
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+    }
+
+    /// Reads the attacker's next JSON line.
+    fn read_json(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        BufReader::new(self.child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("attacker said {line:?}: {e}"))
+    }
+
     /// Waits for the attacker to finish; it must exit 0 (a SIGIO from a
     /// broken file lease would kill it).
     fn finish(mut self, case: &str) {
@@ -659,4 +675,235 @@ fn kill9_of_the_daemon_mid_reap_then_restart_finishes_the_reap() {
         "x"
     );
     canary.assert_intact("mid-reap");
+}
+
+/// The size walks' upper bound on what a tree of the `mover` scenario can
+/// honestly weigh: 200 + 1001 directories and a 1 MiB file are ~5.7 MiB.
+const MOVER_TREE_MAX: u64 = 12 << 20;
+
+/// `list --all --size --json` as root, timed.
+fn sized_rows(d: &Daemon) -> (Vec<serde_json::Value>, Duration) {
+    let t0 = Instant::now();
+    let out = d.ctl(&["--json", "list", "--all", "--size"]);
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "list --size failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    (rows.as_array().cloned().unwrap(), took)
+}
+
+#[test]
+fn size_walk_vs_a_subtree_moved_ahead_of_the_walker_on_every_open() {
+    if !require_root("size_walk_vs_mover") {
+        return;
+    }
+    let mut d = Daemon::start("mover-size");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "mover", 0, 0.0);
+    let (rows, took) = sized_rows(&d);
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == attack.id.as_str())
+        .expect("the attacker's lease is listed");
+    // Never a size counted from the same inodes again and again: either the
+    // walk saw the tree change and says "unknown", or it is a true size.
+    if let Some(size) = row["size_bytes"].as_u64() {
+        assert!(
+            size <= MOVER_TREE_MAX,
+            "size walk counted {size} bytes for a tree of ~5.7 MiB (it re-walked the moved subtree)"
+        );
+    }
+    // Within the walk's time bound (60 s), with room for a loaded machine.
+    assert!(took < Duration::from_secs(75), "list --size took {took:?}");
+    attack.send("go");
+    let moves = attack.read_json()["moves"].as_u64().unwrap();
+    eprintln!(
+        "mover: {moves} moves; list --size took {took:?}; size {}",
+        row["size_bytes"]
+    );
+    attack.finish("mover-size");
+    canary.assert_intact("mover-size");
+    assert_eventually_clean(&mut d, "mover-size");
+}
+
+#[test]
+fn keep_vs_a_subtree_moved_ahead_of_the_hand_over_on_every_open() {
+    if !require_root("keep_vs_mover") {
+        return;
+    }
+    let mut d = Daemon::start("mover-keep");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "mover", 0, 0.0);
+    let t0 = Instant::now();
+    attack.send("keep");
+    let answer = attack.read_json();
+    let took = t0.elapsed();
+    let moves = attack.read_json()["moves"].as_u64().unwrap();
+    eprintln!("mover: {moves} moves; keep answered {answer} in {took:?}");
+    assert!(took < Duration::from_secs(75), "keep took {took:?}");
+    if let Some(message) = answer["keep_error"].as_str() {
+        // Not handed over: the reply says why and the tree is deleted.
+        assert!(
+            message.contains("not kept") && message.contains("changed"),
+            "{message}"
+        );
+        assert!(
+            eventually(Duration::from_secs(30), || d.entries("kept").is_empty()),
+            "a tree that was not handed over stayed in kept/: {:?}",
+            d.entries("kept")
+        );
+    } else {
+        // Handed over only if every entry was reached once: the size it
+        // recorded is the tree's, not the moved subtree counted many times.
+        assert!(answer["kept"].is_string(), "{answer}");
+        let (rows, _) = sized_rows(&d);
+        let row = rows
+            .iter()
+            .find(|r| r["id"] == attack.id.as_str())
+            .expect("the kept tree is listed");
+        let size = row["size_bytes"].as_u64().expect("a kept tree has a size");
+        assert!(
+            size <= MOVER_TREE_MAX,
+            "hand-over counted {size} bytes for a tree of ~5.7 MiB"
+        );
+        d.ctl(&["gc", "--older-than", "0"]);
+    }
+    attack.finish("mover-keep");
+    canary.assert_intact("mover-keep");
+    assert_eventually_clean(&mut d, "mover-keep");
+}
+
+/// The path of the file at the bottom of a `deep-setuid` tree of `levels`.
+fn deep_file(kept: &str, levels: u64) -> PathBuf {
+    let mut p = PathBuf::from(kept);
+    for _ in 0..levels {
+        p.push("d");
+    }
+    p.join("suid")
+}
+
+#[test]
+fn keep_vs_a_setuid_binary_301_levels_deep_clears_it() {
+    if !require_root("keep_vs_deep_setuid") {
+        return;
+    }
+    let d = Daemon::start("deep-suid");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "deep-setuid", 301, 0.0);
+    attack.send("keep");
+    let answer = attack.read_json();
+    let kept = answer["kept"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a 301-level tree is within the walk's bounds: {answer}"));
+    let mode = std::fs::symlink_metadata(deep_file(kept, 301))
+        .expect("the deep file is in the kept tree")
+        .mode();
+    assert_eq!(
+        mode & 0o6000,
+        0,
+        "setuid/setgid bits survived the hand-over at depth 301: {mode:o}"
+    );
+    attack.finish("deep-suid");
+    canary.assert_intact("deep-suid");
+}
+
+#[test]
+fn keep_vs_a_tree_deeper_than_the_walk_bound_is_refused_and_deleted() {
+    if !require_root("keep_vs_too_deep") {
+        return;
+    }
+    let mut d = Daemon::start("too-deep");
+    let canary = Canary::new(&d);
+    // The hand-over walk goes 4096 levels deep at most.
+    let mut attack = Attack::start(&d, &canary, USER_A, "deep-setuid", 4200, 0.0);
+    attack.send("keep");
+    let answer = attack.read_json();
+    let message = answer["keep_error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a tree past the depth bound was kept: {answer}"));
+    assert!(
+        message.contains("not kept") && message.contains("deeper"),
+        "{message}"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || d.entries("kept").is_empty()),
+        "the refused tree stayed in kept/: {:?}",
+        d.entries("kept")
+    );
+    attack.finish("too-deep");
+    canary.assert_intact("too-deep");
+    assert_eventually_clean(&mut d, "too-deep");
+}
+
+#[test]
+fn reaper_vs_ancestors_moved_in_a_tight_loop_finishes_without_quarantine() {
+    if !require_root("reaper_vs_moved_ancestors") {
+        return;
+    }
+    let d = Daemon::start("moved-anc");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "move-ancestors", 8, 3.0);
+    attack.go();
+    attack.finish("move-ancestors");
+    // No restart: the daemon itself must finish the reap.
+    assert!(
+        eventually(Duration::from_secs(60), || d.entries("trash").is_empty()),
+        "trash not empty: {:?}\n{}",
+        d.entries("trash"),
+        d.log_text()
+    );
+    assert!(
+        !d.log_text().contains("quarantine"),
+        "a moved ancestor quarantined the tree:\n{}",
+        d.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || d.log_text().contains("reaped")),
+        "{}",
+        d.log_text()
+    );
+    canary.assert_intact("move-ancestors");
+}
+
+#[test]
+fn list_and_log_vs_a_forged_command_name_and_a_field_forging_lease_name() {
+    if !require_root("list_vs_forged_comm") {
+        return;
+    }
+    let d = Daemon::start("comm");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "comm", 0, 0.0);
+    // JSON is exact.
+    let rows = d.list_all();
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == attack.id.as_str())
+        .expect("listed");
+    assert_eq!(row["client_command"], "\u{1b}[2J\nFAKE ROW");
+    assert_eq!(row["name"], "x path=/etc/shadow uid=0");
+    // The table escapes: no terminal control reaches the operator, no row
+    // is forged.
+    let out = d.ctl(&["list", "--all"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains('\u{1b}'), "raw ESC in list output: {text:?}");
+    assert_eq!(text.lines().count(), 2, "a row was forged: {text:?}");
+    assert!(!text.lines().any(|l| l.starts_with("FAKE ROW")), "{text:?}");
+    assert!(text.contains(r"\u{1b}[2J\nFAKE ROW"), "{text:?}");
+    // The log quotes the name: no `path=` field can be forged.
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("allocated") && l.contains(attack.id.as_str()))
+        .unwrap_or_else(|| panic!("no allocated line:\n{log}"));
+    assert!(
+        line.contains(r#"name="x path=/etc/shadow uid=0""#),
+        "name not quoted: {line}"
+    );
+    attack.go();
+    attack.finish("comm");
+    canary.assert_intact("comm");
 }
