@@ -116,12 +116,9 @@ fn mover_run(
         let mut opened = false;
         {
             let mut reader = inotify::Reader::new(&ino, &mut buf);
-            loop {
-                match reader.next() {
-                    // The subtree itself (no name) was opened: a walker is in.
-                    Ok(ev) => opened |= ev.file_name().is_none(),
-                    Err(_) => break,
-                }
+            // The subtree itself (no name) was opened: a walker is in.
+            while let Ok(ev) = reader.next() {
+                opened |= ev.file_name().is_none();
             }
         }
         if !opened {
