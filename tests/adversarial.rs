@@ -677,9 +677,23 @@ fn kill9_of_the_daemon_mid_reap_then_restart_finishes_the_reap() {
     canary.assert_intact("mid-reap");
 }
 
-/// The size walks' upper bound on what a tree of the `mover` scenario can
-/// honestly weigh: 200 + 1001 directories and a 1 MiB file are ~5.7 MiB.
-const MOVER_TREE_MAX: u64 = 12 << 20;
+/// Allocated bytes below `top` (not counting `top`), as the size walk
+/// counts them; the tree must hold no hard links.
+fn du(top: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
 
 /// `list --all --size --json` as root, timed.
 fn sized_rows(d: &Daemon) -> (Vec<serde_json::Value>, Duration) {
@@ -703,6 +717,9 @@ fn size_walk_vs_a_subtree_moved_ahead_of_the_walker_on_every_open() {
     let mut d = Daemon::start("mover-size");
     let canary = Canary::new(&d);
     let mut attack = Attack::start(&d, &canary, USER_A, "mover", 0, 0.0);
+    let real = du(&attack.path);
+    attack.send("arm");
+    assert_eq!(attack.read_json()["armed"], true);
     let (rows, took) = sized_rows(&d);
     let row = rows
         .iter()
@@ -712,8 +729,8 @@ fn size_walk_vs_a_subtree_moved_ahead_of_the_walker_on_every_open() {
     // walk saw the tree change and says "unknown", or it is a true size.
     if let Some(size) = row["size_bytes"].as_u64() {
         assert!(
-            size <= MOVER_TREE_MAX,
-            "size walk counted {size} bytes for a tree of ~5.7 MiB (it re-walked the moved subtree)"
+            size <= real,
+            "size walk counted {size} bytes for a tree of {real} (it re-walked the moved subtree)"
         );
     }
     // Within the walk's time bound (60 s), with room for a loaded machine.
@@ -737,6 +754,9 @@ fn keep_vs_a_subtree_moved_ahead_of_the_hand_over_on_every_open() {
     let mut d = Daemon::start("mover-keep");
     let canary = Canary::new(&d);
     let mut attack = Attack::start(&d, &canary, USER_A, "mover", 0, 0.0);
+    let real = du(&attack.path);
+    attack.send("arm");
+    assert_eq!(attack.read_json()["armed"], true);
     let t0 = Instant::now();
     attack.send("keep");
     let answer = attack.read_json();
@@ -744,6 +764,13 @@ fn keep_vs_a_subtree_moved_ahead_of_the_hand_over_on_every_open() {
     let moves = attack.read_json()["moves"].as_u64().unwrap();
     eprintln!("mover: {moves} moves; keep answered {answer} in {took:?}");
     assert!(took < Duration::from_secs(75), "keep took {took:?}");
+    // Each walk enters the subtree once: the hand-over, and the reap that
+    // may start before the attacker stops moving (one move each, plus one
+    // for a walk that ran while the answer travelled).
+    assert!(
+        moves <= 3,
+        "the subtree was walked {moves} times: the hand-over re-walked it after each move"
+    );
     if let Some(message) = answer["keep_error"].as_str() {
         // Not handed over: the reply says why and the tree is deleted.
         assert!(
@@ -765,10 +792,7 @@ fn keep_vs_a_subtree_moved_ahead_of_the_hand_over_on_every_open() {
             .find(|r| r["id"] == attack.id.as_str())
             .expect("the kept tree is listed");
         let size = row["size_bytes"].as_u64().expect("a kept tree has a size");
-        assert!(
-            size <= MOVER_TREE_MAX,
-            "hand-over counted {size} bytes for a tree of ~5.7 MiB"
-        );
+        assert!(size <= real, "{size} bytes listed for a tree of {real}");
         d.ctl(&["gc", "--older-than", "0"]);
     }
     attack.finish("mover-keep");

@@ -9,8 +9,8 @@
 //! fails — or if the kernel breaks its file lease (SIGIO kills it), which
 //! would mean the reaper opened a file.
 //!
-//! The `mover` scenario attacks walks instead: from setup until the lease
-//! ends it moves a subtree ahead of whoever walks the tree, driven by
+//! The `mover` scenario attacks walks instead: once told "arm" (it answers
+//! `{"armed": true}`) and until the lease ends, it moves a subtree ahead of whoever walks the tree, driven by
 //! inotify (each time the walker opens the subtree, it goes into the next
 //! directory the walker has not read yet).
 
@@ -90,25 +90,33 @@ fn mover_setup(d: BorrowedFd<'_>) -> Vec<String> {
     order
 }
 
-/// Moves `s` one hop further each time someone opens it, until `stop`.
-/// Returns the number of moves.
-fn mover_run(
-    d: OwnedFd,
-    order: Vec<String>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> u64 {
+/// Watches the subtree `s` for opens; returns the inotify fd.
+fn mover_watch(d: BorrowedFd<'_>, order: &[String]) -> OwnedFd {
     use rustix::fs::inotify;
-    use std::sync::atomic::Ordering;
     let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
         .expect("inotify_init");
     let s_path = format!("{}/s", order[0]);
-    let s = openat(&d, s_path.as_str(), DIR, Mode::empty()).unwrap();
+    let s = openat(d, s_path.as_str(), DIR, Mode::empty()).unwrap();
     inotify::add_watch(
         &ino,
         format!("/proc/self/fd/{}", s.as_raw_fd()).as_str(),
         inotify::WatchFlags::OPEN | inotify::WatchFlags::ONLYDIR,
     )
     .expect("inotify_add_watch");
+    // Our own open of `s` above came before the watch: no event from it.
+    ino
+}
+
+/// Moves `s` one hop further each time someone opens it, until `stop`.
+/// Returns the number of moves.
+fn mover_run(
+    d: OwnedFd,
+    ino: OwnedFd,
+    order: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    use rustix::fs::inotify;
+    use std::sync::atomic::Ordering;
     let mut at = 0usize;
     let mut moves = 0u64;
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
@@ -158,6 +166,7 @@ fn main() {
     let canary_file = canary.join("file");
     let mut held: Vec<OwnedFd> = Vec::new();
     let mut mover: Option<std::thread::JoinHandle<u64>> = None;
+    let mut mover_order: Vec<String> = Vec::new();
     let stop_mover = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut movers: Vec<(OwnedFd, OwnedFd)> = Vec::new();
 
@@ -268,12 +277,7 @@ fn main() {
             take_lease(f.as_fd());
             held.push(f);
         }
-        "mover" => {
-            let order = mover_setup(d);
-            let fd = dir.try_clone().unwrap();
-            let stop = stop_mover.clone();
-            mover = Some(std::thread::spawn(move || mover_run(fd, order, stop)));
-        }
+        "mover" => mover_order = mover_setup(d),
         "deep-setuid" => {
             // A setuid/setgid binary far below where walks used to stop.
             let mut cur = mkdir_open(d, "d", 0o755);
@@ -322,6 +326,17 @@ fn main() {
     );
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).unwrap();
+    if line.trim() == "arm" && scenario == "mover" {
+        // From now on, any walker that opens the subtree makes it move.
+        let fd = dir.try_clone().unwrap();
+        let stop = stop_mover.clone();
+        let order = std::mem::take(&mut mover_order);
+        let ino = mover_watch(d, &order);
+        mover = Some(std::thread::spawn(move || mover_run(fd, ino, order, stop)));
+        println!("{}", serde_json::json!({ "armed": true }));
+        line.clear();
+        std::io::stdin().lock().read_line(&mut line).unwrap();
+    }
     if line.trim() == "keep" {
         let answer = match lease.keep() {
             Ok(path) => serde_json::json!({ "kept": path }),
