@@ -309,7 +309,7 @@ fn project_quota_backend_refuses_to_start_where_quotas_are_not_enforced() {
 }
 
 #[test]
-fn a_dir_backend_says_why_project_quotas_are_unavailable_and_refuses_sizes() {
+fn a_dir_backend_refuses_sizes_in_one_short_line_and_check_says_why_quotas_are_unavailable() {
     if !require_root("dir_backend_names_quota_reason") {
         return;
     }
@@ -318,8 +318,10 @@ fn a_dir_backend_says_why_project_quotas_are_unavailable_and_refuses_sizes() {
     let status: serde_json::Value =
         serde_json::from_slice(&d.ctl(&["--json", "status"]).stdout).unwrap();
     let backing = status["backing"].as_str().unwrap();
+    // The default backend says what it is in one clause; the reason
+    // project quotas are unavailable is for `--check`, not every status.
     assert!(
-        backing.contains("leases: dir (no per-build size limit; project quotas unavailable: ext4"),
+        backing.ends_with("leases: dir (no per-build size limit)"),
         "{status}"
     );
     let rt = rt();
@@ -327,7 +329,10 @@ fn a_dir_backend_says_why_project_quotas_are_unavailable_and_refuses_sizes() {
     let reply = err.reply().expect("a typed error");
     assert_eq!(reply.kind, ErrorKind::BadRequest);
     assert!(
-        reply.message.contains("project quotas unavailable") && reply.message.contains("tune2fs"),
+        reply.message.contains("lease_backend = \"dir\"")
+            && reply.message.contains("builddird --check")
+            && !reply.message.contains("tune2fs")
+            && reply.message.len() < 300,
         "{}",
         reply.message
     );
@@ -337,8 +342,32 @@ fn a_dir_backend_says_why_project_quotas_are_unavailable_and_refuses_sizes() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("bad-request") && stderr.contains("project quotas unavailable"),
+        stderr.contains("bad-request") && stderr.contains("lease_backend = \"dir\""),
         "{stderr}"
+    );
+    // `builddird --check` and `builddir-ctl check` give the long reason, in
+    // the same words.
+    let check = d.command().arg("--check").output().unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        said.contains("project quotas unavailable: ext4") && said.contains("tune2fs"),
+        "{said}"
+    );
+    let config = d.scratch.dir.join("config.toml");
+    let ctl_check = d
+        .ctl_cmd(&["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let ctl_said = String::from_utf8_lossy(&ctl_check.stdout);
+    let reason = said
+        .lines()
+        .find(|l| l.contains("project quotas unavailable"))
+        .unwrap();
+    let reason = &reason[reason.find("project quotas").unwrap()..];
+    assert!(
+        ctl_said.contains(reason),
+        "ctl check:\n{ctl_said}\nbuilddird --check:\n{said}"
     );
     // Unsized leases still work on that filesystem.
     let out = d.ctl(&["run", "--", "sh", "-c", "echo hi > f && cat f"]);

@@ -294,11 +294,14 @@ if make_fs ext4-noenf ext4-quota "" ; then
     # With lease_backend = "dir" it starts and says so.
     start ext4-noenf dir
     out=$($ctl --socket "$work/ext4-noenf/bd.sock" --json status)
-    check "ext4 without prjquota, dir backend: status names why there are no limits" \
+    check "ext4 without prjquota, dir backend: status says there are no limits, in one clause" \
+        contains "$out" "leases: dir (no per-build size limit)"
+    out=$(builddird --config "$work/ext4-noenf/config.toml" --check 2>&1)
+    check "ext4 without prjquota, dir backend: --check names why project quotas are unavailable" \
         contains "$out" "accounts project quotas but does not enforce them"
     out=$(as_build ext4-noenf run --size 8M -- true 2>&1)
     check "ext4 without prjquota, dir backend: a size request is refused, not ignored" \
-        contains "$out" "project quotas unavailable"
+        contains "$out" "lease_backend = \"dir\""
     stop ext4-noenf
 else
     not_ok "ext4 -O quota,project mounted without prjquota"

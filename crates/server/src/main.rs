@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use builddir_server::backend::LeaseMode;
+use builddir_server::backend::Backend;
 use builddir_server::conn::listener::Listener;
 use builddir_server::conn::{accept, session};
 use builddir_server::host::config::{Backing, Config, DEFAULT_CONFIG};
@@ -127,7 +127,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     let root = mount::verify(&config.root)?;
     let layout = Layout::open(root)?;
     recover::lock_root(&layout).map_err(anyhow::Error::msg)?;
-    let mode = LeaseMode::decide(&config, &layout).map_err(anyhow::Error::msg)?;
+    let backend = Backend::decide(&config, &layout).map_err(anyhow::Error::msg)?;
     let std_listener = listener
         .listener
         .try_clone()
@@ -144,33 +144,26 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the socket")?;
-        let daemon = Arc::new(Daemon::new(config, layout, policy, mode));
+        let daemon = Arc::new(Daemon::new(config, layout, policy, backend));
         let found = recover::recover(&daemon, resumed);
-        daemon.trimmer.grew(daemon.leases().len());
+        daemon.trimmer.grew(daemon.table.len());
         let mut conn_id: u64 = 0;
+        let mut resumed_leases = 0;
         for (fd, ids) in found.connections {
             conn_id += 1;
             match resumed_stream(fd) {
                 Ok(stream) => {
-                    for id in &ids {
-                        if let Some(r) = daemon.leases().get_mut(id) {
-                            r.conn = conn_id;
-                        }
-                    }
-                    tokio::spawn(session::resume(daemon.clone(), stream, conn_id));
+                    resumed_leases += ids.len();
+                    tokio::spawn(session::resume(daemon.clone(), stream, conn_id, ids));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot resume a stored connection"),
             }
         }
-        let detached = daemon
-            .leases()
-            .values()
-            .filter(|r| r.conn == 0 && r.state == builddir_proto::LeaseState::Live)
-            .count();
+        let detached = found.live.saturating_sub(resumed_leases);
         tracing::info!(
             root = %daemon.layout.root_path().display(),
             backing = daemon.config.backing.as_str(),
-            leases = daemon.mode.describe(&daemon.layout.root.fstype, &daemon.config),
+            leases = daemon.backend.describe(&daemon.layout.root.fstype, &daemon.config),
             live = found.live,
             resumed = conn_id,
             awaiting_reclaim = detached,
@@ -179,7 +172,9 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
             trash = found.trash,
             "mount verified (nosuid,nodev,exec); serving"
         );
-        if detached > 0 {
+        // Always: a stored connection that cannot be served again leaves
+        // its leases detached too.
+        if found.live > 0 {
             builddir_server::lease::end::spawn_grace_expiry(daemon.clone());
         }
         // Handlers first: a SIGTERM right after READY=1 must stop us

@@ -19,7 +19,7 @@ pub fn render(daemon: &Daemon) -> String {
             let _ = writeln!(out, "{name}{suffix}{labels} {value}");
         }
     };
-    let [live, kept, reaping, quarantined] = daemon.state_counts();
+    let [live, kept, reaping, quarantined] = daemon.table.state_counts();
     family(
         "builddird_leases",
         "gauge",

@@ -22,9 +22,9 @@ use super::project_sys as sys;
 
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::io::Errno;
 
@@ -82,12 +82,22 @@ fn state_reason(fs: BorrowedFd<'_>, fstype: &str) -> Option<String> {
 /// against three sources: ids reserved by allocations in flight, ids the
 /// lease table holds, and what the kernel charges to the id. So two leases
 /// never share an id, and a live lease's limits are never cleared.
-#[derive(Debug)]
+///
+/// Shared (an `Arc` inside), so a [`Reservation`] owns what it needs and
+/// the assignment can run on a blocking thread.
+#[derive(Debug, Clone)]
 pub struct ProjectIds {
+    ids: Arc<Ids>,
+}
+
+#[derive(Debug)]
+struct Ids {
     range: RangeInclusive<u32>,
     next: AtomicU32,
     /// Ids handed out whose lease is not in the table yet.
     reserved: Mutex<HashSet<u32>>,
+    /// The root filesystem (a duplicate of the root's fd).
+    fs: OwnedFd,
 }
 
 /// No free project id, or the kernel refused one.
@@ -118,21 +128,26 @@ pub enum AssignError {
 }
 
 impl ProjectIds {
-    pub fn new(range: RangeInclusive<u32>) -> ProjectIds {
+    /// Ids from `range` for projects on the filesystem of `fs`.
+    pub fn new(range: RangeInclusive<u32>, fs: OwnedFd) -> ProjectIds {
         let first = *range.start();
         ProjectIds {
-            range,
-            next: AtomicU32::new(first),
-            reserved: Mutex::new(HashSet::new()),
+            ids: Arc::new(Ids {
+                range,
+                next: AtomicU32::new(first),
+                reserved: Mutex::new(HashSet::new()),
+                fs,
+            }),
         }
     }
 
     pub fn range(&self) -> &RangeInclusive<u32> {
-        &self.range
+        &self.ids.range
     }
 
-    fn reserved(&self) -> MutexGuard<'_, HashSet<u32>> {
-        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    /// The filesystem the projects are on.
+    pub fn fs(&self) -> BorrowedFd<'_> {
+        self.ids.fs.as_fd()
     }
 
     /// Picks an id that no allocation in flight reserved, that the lease
@@ -141,24 +156,24 @@ impl ProjectIds {
     /// charges nothing; gives it these hard limits and checks the kernel
     /// kept them. The id stays reserved until the [`Reservation`] is
     /// settled (the lease is in the table) or dropped (abandoned).
-    pub fn assign<'a>(
-        &'a self,
-        fs: BorrowedFd<'a>,
+    ///
+    /// Up to a full lap of `quotactl` calls: call it on a blocking thread.
+    pub fn assign(
+        &self,
         held: impl FnOnce() -> HashSet<u32>,
         bytes: u64,
         inodes: u64,
-    ) -> Result<Reservation<'a>, AssignError> {
-        let (first, last) = (*self.range.start(), *self.range.end());
+    ) -> Result<Reservation, AssignError> {
+        let ids = &self.ids;
+        let fs = ids.fs.as_fd();
+        let (first, last) = (*ids.range.start(), *ids.range.end());
         let span = u64::from(last - first) + 1;
-        let mut reserved = self.reserved();
+        let mut reserved = ids.reserved();
         let held = held();
         // Bounded: at most a full lap of the range (or 2^20 ids).
         let checked = span.min(1 << 20);
         for _ in 0..checked {
-            let offset = self
-                .next
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_sub(first);
+            let offset = ids.next.fetch_add(1, Ordering::Relaxed).wrapping_sub(first);
             let id = first + (u64::from(offset) % span) as u32;
             if reserved.contains(&id) || held.contains(&id) {
                 continue;
@@ -193,8 +208,7 @@ impl ProjectIds {
             }
             reserved.insert(id);
             return Ok(Reservation {
-                ids: self,
-                fs,
+                ids: ids.clone(),
                 id,
                 settled: false,
             });
@@ -208,20 +222,21 @@ impl ProjectIds {
 
     /// A reaped tree's project: clear its limits unless an allocation in
     /// flight reserved it or `held_by_others` (another lease) claims it.
-    pub fn clear_after_reap(
-        &self,
-        fs: BorrowedFd<'_>,
-        id: u32,
-        held_by_others: impl Fn(u32) -> bool,
-    ) {
-        if !self.range.contains(&id) {
+    pub fn clear_after_reap(&self, id: u32, held_by_others: impl Fn(u32) -> bool) {
+        if !self.ids.range.contains(&id) {
             return; // never ours
         }
-        let reserved = self.reserved();
+        let reserved = self.ids.reserved();
         if reserved.contains(&id) || held_by_others(id) {
             return;
         }
-        clear(fs, id);
+        clear(self.ids.fs.as_fd(), id);
+    }
+}
+
+impl Ids {
+    fn reserved(&self) -> MutexGuard<'_, HashSet<u32>> {
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -229,14 +244,13 @@ impl ProjectIds {
 /// lease is in the table; dropped unsettled (the allocation failed, or
 /// panicked), its limits are cleared and the id is free again.
 #[derive(Debug)]
-pub struct Reservation<'a> {
-    ids: &'a ProjectIds,
-    fs: BorrowedFd<'a>,
+pub struct Reservation {
+    ids: Arc<Ids>,
     id: u32,
     settled: bool,
 }
 
-impl Reservation<'_> {
+impl Reservation {
     pub fn id(&self) -> u32 {
         self.id
     }
@@ -248,11 +262,11 @@ impl Reservation<'_> {
     }
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {
             let mut reserved = self.ids.reserved();
-            clear(self.fs, self.id);
+            clear(self.ids.fs.as_fd(), self.id);
             reserved.remove(&self.id);
         }
     }

@@ -12,6 +12,7 @@ use tokio::net::UnixStream;
 
 use crate::conn::peer::Peer;
 use crate::conn::requests::Session;
+use crate::lease::id::LeaseId;
 use crate::lease::table::{Counters, Daemon};
 
 /// Features advertised in the handshake.
@@ -46,24 +47,37 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
 
 /// Serves a connection handed back by systemd's fd store after a restart:
 /// its handshake happened with the previous daemon, so requests follow.
-pub async fn resume(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
-    let Ok(peer) = Peer::of(&stream, daemon.policy.uses_groups()) else {
-        return;
+/// Its leases (`ids`) are bound to it only once it is served: if it cannot
+/// be, they stay detached, reclaimable, and end with the grace period.
+pub async fn resume(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64, ids: Vec<LeaseId>) {
+    let peer = match Peer::of(&stream, daemon.policy.uses_groups()) {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::warn!(error = %e, leases = ids.len(), "cannot serve a stored connection; its leases wait to be reclaimed");
+            return;
+        }
     };
     let slot_owner = daemon.clone();
-    let Ok(_slot) = slot_owner.enter_connection(peer.uid) else {
-        return;
+    let _slot = match slot_owner.enter_connection(peer.uid) {
+        Ok(slot) => slot,
+        Err(reason) => {
+            tracing::warn!(uid = peer.uid, pid = peer.pid, %reason, leases = ids.len(), "cannot serve a stored connection; its leases wait to be reclaimed");
+            return;
+        }
     };
+    let session = Session::new(daemon.clone(), peer, conn_id);
+    daemon.table.attach_resumed(&ids, conn_id);
     tracing::info!(
-        uid = peer.uid,
-        pid = peer.pid,
+        uid = session.peer.uid,
+        pid = session.peer.pid,
         "connection resumed from the fd store"
     );
     let conn = Connection::new(stream, FdPolicy::Refuse);
-    requests(Session::new(daemon, peer, conn_id), conn).await;
+    requests(session, conn).await;
 }
 
-/// Request → response until the peer leaves; then its leases end.
+/// Request → response until the peer leaves; then its leases end (when
+/// the session drops, whatever ended the loop, a panic included).
 async fn requests(mut session: Session, mut conn: Connection) {
     loop {
         let request = match conn.read::<Request>().await {
@@ -99,7 +113,7 @@ async fn requests(mut session: Session, mut conn: Connection) {
             );
         }
     }
-    session.release_held("disconnect");
+    drop(session);
 }
 
 /// Reads and answers the [`Hello`]. Returns true if and only if the

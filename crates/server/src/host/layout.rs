@@ -3,7 +3,7 @@
 //! ```text
 //! root/            0755 root   the dedicated mount
 //!   b/             0711 root   live leases: b/<id>/build   (traverse only)
-//!     <id>/        0710 root:<owner gid>
+//!     <id>/        0710 root:root + ACL u:<owner>:--x (owner only)
 //!       build/     0700 owner  the build directory handed out by fd
 //!   kept/          0711 root   kept trees: kept/<id>/build
 //!   trash/         0700 root   released trees awaiting deletion

@@ -1,7 +1,8 @@
 //! Creating a lease's directories, by descriptor only.
 //!
 //! 1. `mkdirat(b, ".new-<id>", 0)` — a private temporary name.
-//! 2. open it (`O_DIRECTORY|O_NOFOLLOW`), `fchown(root, owner_gid)`, `fchmod 0710`.
+//! 2. open it (`O_DIRECTORY|O_NOFOLLOW`); it is `root:root`; an access ACL
+//!    lets the owner alone traverse it ([`crate::lease::outer`]).
 //! 3. `mkdirat(outer, "build", 0)`, open it, `fchown(owner)`, `fchmod 0700`.
 //! 4. the registry record `outer/lease.json` ([`crate::lease::registry`]).
 //! 5. `renameat2(b/.new-<id>, b/<id>, RENAME_NOREPLACE)` — the lease appears
@@ -17,16 +18,11 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use crate::backend::Sizing;
 use crate::failpoint;
 use crate::host::layout::{id_name, Layout, BUILD, DIR_OPEN};
 use crate::lease::id::LeaseId;
 use crate::lease::registry::{self, LeaseMeta};
-use builddir_proto::SizeLimit;
-use rustix::mount::{
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, unmount, FsMountFlags,
-    FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags,
-};
-use std::os::fd::BorrowedFd;
 
 /// A step of allocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,24 +48,13 @@ pub struct NewLease {
     pub build: OwnedFd,
 }
 
-/// How a lease's size is bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sizing {
-    /// Not at all (a plain directory on the root).
-    Unbounded,
-    /// `build` is a fresh tmpfs of this size.
-    Tmpfs(SizeLimit),
-    /// `build` is in this project, whose limits are already set.
-    Project(u32),
-}
-
 /// Creates `b/<id>/build` owned by `uid:gid`, sized by `sizing`, recording
 /// `meta(id)`.
 pub fn allocate(
     layout: &Layout,
     uid: u32,
     gid: u32,
-    sizing: Sizing,
+    sizing: &Sizing,
     meta: impl FnOnce(LeaseId) -> LeaseMeta,
 ) -> Result<NewLease, AllocError> {
     let id = LeaseId::generate().map_err(|e| AllocError {
@@ -85,19 +70,19 @@ pub fn allocate(
     let result = (|| {
         let outer = openat(&layout.leases, tmp_name.as_str(), DIR_OPEN, Mode::empty())
             .map_err(step("open outer"))?;
-        fchown(&outer, Some(Uid::ROOT), Some(Gid::from_raw(gid))).map_err(step("fchown outer"))?;
-        fchmod(&outer, Mode::from_raw_mode(0o710)).map_err(step("fchmod outer"))?;
+        // `b` is root's and not setgid, so the new directory is
+        // `root:root` already; the ACL lets the owner alone traverse it.
+        crate::lease::outer::owner_only(outer.as_fd(), uid).map_err(step(
+            "give the outer dir its owner-only ACL (the root filesystem needs POSIX ACLs)",
+        ))?;
         mkdirat(&outer, BUILD, Mode::empty()).map_err(step("mkdirat build"))?;
-        if let Sizing::Tmpfs(limit) = sizing {
-            mount_tmpfs(outer.as_fd(), uid, gid, limit).map_err(step("mount the lease's tmpfs"))?;
-        }
+        sizing
+            .mount_on(outer.as_fd(), uid, gid)
+            .map_err(step("mount the lease's tmpfs"))?;
         let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty()).map_err(step("open build"))?;
-        if let Sizing::Project(id) = sizing {
-            // While `build` is still root's and empty: from here on every
-            // inode created below it is charged to the lease's project.
-            crate::backend::project_sys::set_project(build.as_fd(), id)
-                .map_err(step("set the build's project id"))?;
-        }
+        sizing
+            .mark_build(build.as_fd())
+            .map_err(step("set the build's project id"))?;
         // Owner first, then mode: the dir is never 0700 for the wrong owner.
         fchown(&build, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
             .map_err(step("fchown build"))?;
@@ -124,52 +109,14 @@ pub fn allocate(
     }
 }
 
-/// Mounts a tmpfs of `limit` on `outer/build`, entirely by fd (the new
-/// mount API: `fsopen` → `fsconfig` → `fsmount` → `move_mount`), owned by
-/// `uid:gid`, mode 0700, `nosuid,nodev`, exec.
-fn mount_tmpfs(outer: BorrowedFd<'_>, uid: u32, gid: u32, limit: SizeLimit) -> Result<(), Errno> {
-    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
-    for (key, value) in [
-        ("source", LEASE_TMPFS_SOURCE.to_owned()),
-        ("size", limit.bytes.to_string()),
-        ("nr_inodes", limit.inodes.to_string()),
-        ("mode", "0700".to_owned()),
-        ("uid", uid.to_string()),
-        ("gid", gid.to_string()),
-    ] {
-        fsconfig_set_string(&fs, key, value.as_str())?;
-    }
-    fsconfig_create(&fs)?;
-    let mnt = fsmount(
-        &fs,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
-    )?;
-    move_mount(
-        &mnt,
-        c"",
-        outer,
-        BUILD,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-}
-
-/// The `source` of every lease tmpfs: how the reaper knows a mount at
-/// `<outer>/build` is one of ours to detach (and not something to report).
-pub const LEASE_TMPFS_SOURCE: &str = "builddird-lease";
+/// The `source` of every lease tmpfs (it lives with the tmpfs backend).
+pub use crate::backend::tmpfs::LEASE_TMPFS_SOURCE;
 
 /// Best-effort removal of a half-made `.new-<id>` (at most one empty child).
 fn discard_partial(leases: std::os::fd::BorrowedFd<'_>, tmp_name: &str) {
     if let Ok(outer) = openat(leases, tmp_name, DIR_OPEN, Mode::empty()) {
         // A tmpfs may already sit on `build`: detach it through our fd.
-        let build = format!(
-            "/proc/self/fd/{}/{BUILD}",
-            std::os::fd::AsRawFd::as_raw_fd(&outer)
-        );
-        let _ = unmount(
-            build.as_str(),
-            UnmountFlags::DETACH | UnmountFlags::NOFOLLOW,
-        );
+        crate::backend::tmpfs::detach_partial(outer.as_fd());
         let _ = unlinkat(&outer, BUILD, AtFlags::REMOVEDIR);
         let _ = unlinkat(&outer, registry::META, AtFlags::empty());
     }

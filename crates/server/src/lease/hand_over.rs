@@ -195,8 +195,20 @@ pub fn hand_over(
     done
 }
 
-/// Opens `kept/<id>`, gives its group to `to_gid` (so the requester can
-/// traverse the root-owned 0710 outer dir), and hands `build` over.
+/// Bounds on one hand-over walk: the defaults, and no more bytes than the
+/// kept area may hold in total (such a tree would be evicted at once).
+pub fn limits(config: &crate::host::config::Config) -> Limits {
+    Limits {
+        max_bytes: match config.kept_max_bytes {
+            0 => u64::MAX,
+            n => n,
+        },
+        ..Limits::default()
+    }
+}
+
+/// Opens `kept/<id>`, lets the requester alone traverse the root-owned
+/// outer dir, and hands `build` over.
 pub fn hand_over_kept(
     layout: &crate::host::layout::Layout,
     id: crate::lease::id::LeaseId,
@@ -212,7 +224,9 @@ pub fn hand_over_kept(
         DIR_OPEN,
         Mode::empty(),
     )?;
-    fchown(&outer, Some(Uid::ROOT), Some(Gid::from_raw(to_gid)))?;
+    // `root:root` (a tree kept by an older daemon had the owner's group).
+    fchown(&outer, Some(Uid::ROOT), Some(Gid::ROOT))?;
+    crate::lease::outer::owner_only(outer.as_fd(), to_uid)?;
     let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty())?;
     crate::failpoint::hit("keep:before-hand-over");
     Ok(hand_over(build, owner, to_uid, to_gid, limits))

@@ -3,12 +3,15 @@
 //! on-disk registry and recovery at start.
 
 pub mod create;
+pub mod daemon;
 pub mod end;
 pub mod hand_over;
 pub mod id;
+pub mod outer;
 pub mod reaper;
 pub mod recover;
 pub mod registry;
 pub mod retention;
+pub mod size;
 pub mod table;
 pub mod trash;

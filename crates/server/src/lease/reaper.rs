@@ -8,53 +8,50 @@
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use builddir_proto::LeaseState;
-
-use crate::backend::LeaseMode;
 use crate::lease::id::LeaseId;
 use crate::lease::table::{Counters, Daemon};
 use crate::tree::remove::{remove_tree, Limits, Report};
 
 /// Deletes `trash/<trash_name>` in the background; `id` names the lease
 /// whose record follows the reap (none for leftovers found at start).
+///
+/// Outside a runtime (a session dropped while the runtime shuts down) the
+/// tree stays in trash: the next start reaps it.
 pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
-    tokio::spawn(async move {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            trash = trash_name,
+            "no runtime to reap in; the tree is reaped at the next start"
+        );
+        return;
+    };
+    runtime.spawn(async move {
         let Ok(_permit) = daemon.reap_slots.clone().acquire_owned().await else {
             return; // semaphore closed: shutting down
         };
         let started = Instant::now();
         let d = daemon.clone();
         let name = trash_name.clone();
-        let project = id.and_then(|id| daemon.leases().get(&id).and_then(|r| r.project_id));
+        let project = id.and_then(|id| daemon.table.get(id).and_then(|r| r.project_id));
         let report = tokio::task::spawn_blocking(move || {
             let name = CString::new(name).expect("trash names come from the daemon");
             let free_before = free_bytes(&d);
-            detach_lease_tmpfs(&d, &name);
             // A tree without a record (found at start) names its project
             // in its own lease.json, which the walk is about to delete.
-            let project = match d.mode {
-                LeaseMode::ProjectQuota(_) => project.or_else(|| project_on_disk(&d, &name)),
-                _ => project,
-            };
-            if let Some(project) = project {
-                log_if_project_full(&d, project, &name);
-            }
-            let report = remove_tree(d.layout.trash.as_fd(), &name, Limits::default());
-            if let (true, Some(project), LeaseMode::ProjectQuota(ids)) =
-                (report.complete, project, &d.mode)
-            {
-                let others = |p| {
-                    d.leases()
-                        .values()
-                        .any(|r| r.project_id == Some(p) && Some(r.id) != id)
-                };
-                ids.clear_after_reap(d.layout.root.fd.as_fd(), project, others);
-            }
+            let project = project.or_else(|| project_on_disk(&d, &name));
+            let trash = d.layout.trash.as_fd();
+            d.backend
+                .before_reap(d.layout.root_path(), trash, &name, project);
+            let report = remove_tree(trash, &name, Limits::default());
+            d.backend.after_reap(project, report.complete, |p| {
+                !d.table
+                    .ids(|r| r.project_id == Some(p) && Some(r.id) != id)
+                    .is_empty()
+            });
             let freed = free_bytes(&d).saturating_sub(free_before);
             d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
             report
@@ -85,15 +82,16 @@ fn finish(
     if report.complete {
         Counters::bump(&c.reaped_trees);
         if let Some(id) = id {
-            let left = {
-                let mut leases = daemon.leases();
-                leases.remove(&id);
-                leases.len()
-            };
-            if daemon.trimmer.shrank(left) {
-                // A rehash under the table lock, a few times per burst.
-                daemon.leases().shrink_to_fit();
-                tokio::task::spawn_blocking(crate::trim::give_back);
+            match daemon.table.reaped(id) {
+                Ok(left) if daemon.trimmer.shrank(left) => {
+                    // A rehash under the table lock, a few times per burst.
+                    daemon.table.shrink_to_fit();
+                    tokio::task::spawn_blocking(crate::trim::give_back);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(lease_id = %id, error = %e, "reaped a tree its lease did not expect")
+                }
             }
         }
         tracing::info!(
@@ -115,8 +113,8 @@ fn finish(
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(first.clone());
     if let Some(id) = id {
-        if let Some(r) = daemon.leases().get_mut(&id) {
-            r.state = LeaseState::Quarantined;
+        if let Err(e) = daemon.table.quarantined(id) {
+            tracing::warn!(lease_id = %id, error = %e, "quarantined a tree its lease did not expect");
         }
     }
     tracing::warn!(
@@ -151,81 +149,4 @@ fn project_on_disk(daemon: &Daemon, name: &std::ffi::CStr) -> Option<u32> {
     )
     .ok()?;
     crate::lease::registry::read(outer.as_fd())?.project_id
-}
-
-/// Logs that a `project-quota` lease used up its limit (its build saw
-/// EDQUOT or ENOSPC), as the tmpfs backend does.
-fn log_if_project_full(daemon: &Daemon, project: u32, name: &std::ffi::CStr) {
-    let Some(u) = crate::backend::project::usage(daemon.layout.root.fd.as_fd(), project) else {
-        return;
-    };
-    if crate::backend::project::at_limit(&u) {
-        tracing::warn!(
-            trash = ?name,
-            project_id = project,
-            used_bytes = u.bytes,
-            used_inodes = u.inodes,
-            limit_bytes = u.limit_bytes,
-            limit_inodes = u.limit_inodes,
-            "lease had reached its size limit (its build saw EDQUOT/ENOSPC)"
-        );
-    }
-}
-
-/// A tmpfs lease (`lease_backend = "tmpfs"`) is reaped by detaching its
-/// mount: O(1) whatever it holds. Only a mount exactly at `<tree>/build`
-/// whose source is ours is detached; anything else mounted in a tree is
-/// reported by the walk and left in quarantine.
-fn detach_lease_tmpfs(daemon: &Daemon, name: &std::ffi::CStr) {
-    let mut rel = name.to_bytes().to_vec();
-    rel.extend_from_slice(b"/build");
-    let Ok(rel) = CString::new(rel) else {
-        return;
-    };
-    let trash = daemon.layout.trash.as_fd();
-    let here = rustix::fs::statx(
-        trash,
-        c"",
-        rustix::fs::AtFlags::EMPTY_PATH,
-        rustix::fs::StatxFlags::MNT_ID,
-    );
-    let there = rustix::fs::statx(
-        trash,
-        &rel,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        rustix::fs::StatxFlags::MNT_ID,
-    );
-    let (Ok(here), Ok(there)) = (here, there) else {
-        return;
-    };
-    if here.stx_mnt_id == there.stx_mnt_id
-        || !crate::host::mount::mount_source_is(
-            there.stx_mnt_id,
-            crate::lease::create::LEASE_TMPFS_SOURCE,
-        )
-    {
-        return;
-    }
-    let path = daemon
-        .layout
-        .root_path()
-        .join(crate::host::layout::TRASH)
-        .join(std::ffi::OsStr::from_bytes(name.to_bytes()))
-        .join(crate::host::layout::BUILD);
-    if let Ok(vfs) = rustix::fs::statvfs(&path) {
-        if vfs.f_bavail == 0 || vfs.f_favail == 0 {
-            tracing::warn!(
-                path = %path.display(),
-                limit_bytes = vfs.f_blocks * vfs.f_frsize,
-                limit_inodes = vfs.f_files,
-                "lease had reached its size limit (its build saw ENOSPC)"
-            );
-        }
-    }
-    if let Err(e) = rustix::mount::unmount(
-        &path,
-        rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
-    ) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot detach a lease tmpfs");
-    }
 }

@@ -23,7 +23,7 @@ use crate::conn::peer::Peer;
 use crate::host::layout::{Layout, BUILD, DIR_OPEN};
 use crate::lease::id::LeaseId;
 use crate::lease::registry;
-use crate::lease::table::{Daemon, LeaseRecord};
+use crate::lease::table::{Daemon, LeaseRecord, Restored};
 use crate::lease::trash::move_to_trash;
 
 /// Takes the per-root lock, or says who holds it.
@@ -86,10 +86,22 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
                 .map(|m| (id, m))
         });
         match meta {
+            // A keep that stopped before its tree reached the kept area:
+            // the user asked for it, so it is finished now.
+            Some((id, meta)) if meta.hand_over.is_some() => {
+                match crate::lease::trash::to_kept(layout, id) {
+                    Ok(()) => {
+                        tracing::info!(lease_id = %id, "finishing a keep interrupted by a restart")
+                    }
+                    Err(e) => {
+                        tracing::error!(lease_id = %id, error = %e, "cannot finish an interrupted keep; the lease is live again");
+                        daemon.table.restore(from_meta(id, &meta), Restored::Live);
+                        found.live += 1;
+                    }
+                }
+            }
             Some((id, meta)) => {
-                daemon
-                    .leases()
-                    .insert(id, from_meta(id, LeaseState::Live, &meta));
+                daemon.table.restore(from_meta(id, &meta), Restored::Live);
                 found.live += 1;
             }
             None => orphans.push(name),
@@ -112,30 +124,26 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
         let Some(id) = LeaseId::parse(&name.to_string_lossy()) else {
             continue;
         };
-        let (uid, gid) = owner_of_build(layout.kept.as_fd(), name).unwrap_or((0, 0));
-        let mut record = recovered(id, LeaseState::Kept, uid, gid, None);
-        // Its record still names its size limit and project.
-        if let Ok(outer) = openat(
-            layout.kept.as_fd(),
-            name.as_c_str(),
-            DIR_OPEN,
-            Mode::empty(),
-        ) {
-            if let Some(m) = crate::lease::registry::read(outer.as_fd()) {
-                record.limit_bytes = m.limit_bytes;
-                record.project_id = m.project_id;
-            }
+        if let Some(record) = recover_kept(daemon, id, name) {
+            daemon.table.restore(record, Restored::Kept);
         }
-        daemon.leases().insert(id, record);
     }
     let trash = names_in(layout.trash.as_fd());
     for name in &trash {
         let name = name.to_string_lossy().into_owned();
         let id = LeaseId::parse(&name);
         if let Some(id) = id {
-            daemon.leases().insert(
-                id,
-                recovered(id, LeaseState::Reaping, 0, 0, Some(name.clone())),
+            // Its record (if any) still names it and its owner, who is
+            // charged for it until it is gone.
+            let record = openat(layout.trash.as_fd(), name.as_str(), DIR_OPEN, Mode::empty())
+                .ok()
+                .and_then(|outer| registry::read(outer.as_fd()))
+                .map_or_else(|| recovered(id, 0, 0), |m| from_meta(id, &m));
+            daemon.table.restore(
+                record,
+                Restored::Reaping {
+                    trash: name.clone(),
+                },
             );
         }
         crate::lease::reaper::spawn(daemon.clone(), name, id);
@@ -143,6 +151,51 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
     found.kept = kept.len();
     found.trash = trash.len();
     found
+}
+
+/// A kept tree as its record describes it: name, requester, owner, age.
+/// A hand-over the last daemon did not finish is finished first, so the
+/// tree is listed as the requester's, setuid bits gone. A tree without a
+/// record (kept by an older daemon) is its build directory's owner's.
+/// A hand-over whose walk cannot reach every entry is not finished: the
+/// tree goes to trash (reaped below, charged to its owner) and `None` is
+/// returned.
+fn recover_kept(daemon: &Daemon, id: LeaseId, name: &CString) -> Option<LeaseRecord> {
+    let layout = &daemon.layout;
+    let Ok((_, mut meta)) = registry::open_record(layout.kept.as_fd(), id) else {
+        let (uid, gid) = owner_of_build(layout.kept.as_fd(), name).unwrap_or((0, 0));
+        return Some(recovered(id, uid, gid));
+    };
+    if meta.hand_over.is_some() {
+        tracing::info!(lease_id = %id, "finishing a hand-over interrupted by a restart");
+        match crate::lease::end::finish_hand_over(daemon, id, meta.clone()) {
+            Ok(_) => {
+                if let Ok((_, m)) = registry::open_record(layout.kept.as_fd(), id) {
+                    meta = m;
+                }
+            }
+            Err(e @ crate::lease::end::NotHandedOver::Incomplete { .. }) => {
+                match move_to_trash(layout, layout.kept.as_fd(), name) {
+                    Ok(t) => {
+                        tracing::warn!(lease_id = %id, error = %e, trash = t, "an interrupted hand-over cannot reach every entry; the tree is deleted");
+                        return None;
+                    }
+                    Err(m) => {
+                        tracing::error!(lease_id = %id, error = %e, move_error = %m, "an interrupted hand-over cannot reach every entry, and the tree cannot be moved to trash; retried at the next start")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(lease_id = %id, error = %e, "cannot finish an interrupted hand-over; retried at the next start")
+            }
+        }
+    }
+    let mut record = from_meta(id, &meta);
+    record.kept_at = meta
+        .kept_unix
+        .map(|t| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t));
+    record.secret.clear();
+    Some(record)
 }
 
 /// Matches stored connections to live leases. Several leases may share one
@@ -153,9 +206,9 @@ fn attach(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Vec<(OwnedF
     let mut by_socket: Vec<(u64, OwnedFd, Vec<LeaseId>)> = Vec::new();
     for (id, fd) in resumed {
         let live = daemon
-            .leases()
-            .get(&id)
-            .is_some_and(|r| r.state == LeaseState::Live);
+            .table
+            .get(id)
+            .is_some_and(|r| r.state() == LeaseState::Live);
         if !live {
             tracing::info!(lease_id = %id, "closing a stored connection of a lease that no longer exists");
             crate::systemd::fdstore::forget(&daemon.config, id);
@@ -176,29 +229,23 @@ fn attach(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Vec<(OwnedF
 }
 
 /// A lease table entry rebuilt from its registry record.
-fn from_meta(id: LeaseId, state: LeaseState, m: &registry::LeaseMeta) -> LeaseRecord {
-    LeaseRecord {
-        id,
-        name: m.name.clone(),
-        state,
-        owner_uid: m.owner_uid,
-        owner_gid: m.owner_gid,
-        peer: Peer {
-            uid: m.peer_uid,
-            gid: m.peer_gid,
-            pid: m.peer_pid,
-            command: m.peer_command.clone(),
-            groups: Vec::new(),
-        },
-        conn: 0,
-        created: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(m.created_unix),
-        trash_name: None,
-        kept_at: None,
-        size_bytes: None,
-        secret: m.secret.clone(),
-        limit_bytes: m.limit_bytes,
-        project_id: m.project_id,
-    }
+fn from_meta(id: LeaseId, m: &registry::LeaseMeta) -> LeaseRecord {
+    let peer = Peer {
+        uid: m.peer_uid,
+        gid: m.peer_gid,
+        pid: m.peer_pid,
+        command: m.peer_command.clone(),
+        groups: Vec::new(),
+    };
+    let mut r = LeaseRecord::new(id, peer);
+    r.name = m.name.clone();
+    r.owner_uid = m.owner_uid;
+    r.owner_gid = m.owner_gid;
+    r.created = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(m.created_unix);
+    r.secret = m.secret.clone();
+    r.limit_bytes = m.limit_bytes;
+    r.project_id = m.project_id;
+    r
 }
 
 fn owner_of_build(area: BorrowedFd<'_>, outer: &CString) -> Option<(u32, u32)> {
@@ -216,33 +263,13 @@ fn owner_of_build(area: BorrowedFd<'_>, outer: &CString) -> Option<(u32, u32)> {
     Some((st.stx_uid, st.stx_gid))
 }
 
-fn recovered(
-    id: LeaseId,
-    state: LeaseState,
-    uid: u32,
-    gid: u32,
-    trash_name: Option<String>,
-) -> LeaseRecord {
-    LeaseRecord {
-        id,
-        name: String::new(),
-        state,
-        owner_uid: uid,
-        owner_gid: gid,
-        peer: Peer {
-            uid,
-            gid,
-            pid: 0,
-            command: String::new(),
-            groups: Vec::new(),
-        },
-        conn: 0,
-        created: SystemTime::now(),
-        trash_name,
-        kept_at: None,
-        size_bytes: None,
-        secret: String::new(),
-        limit_bytes: None,
-        project_id: None,
-    }
+fn recovered(id: LeaseId, uid: u32, gid: u32) -> LeaseRecord {
+    let peer = Peer {
+        uid,
+        gid,
+        pid: 0,
+        command: String::new(),
+        groups: Vec::new(),
+    };
+    LeaseRecord::new(id, peer)
 }

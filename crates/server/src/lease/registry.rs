@@ -45,6 +45,23 @@ pub struct LeaseMeta {
     /// The build's project id (`project-quota` leases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<u32>,
+    /// When the tree was kept (retention counts its age from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_unix: Option<u64>,
+    /// A keep whose hand-over is not finished: written before the tree
+    /// moves to the kept area, cleared once every entry is the requester's.
+    /// Found at start, the hand-over is finished before the tree is listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_over: Option<PendingHandOver>,
+}
+
+/// Who a kept tree is being handed from and to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingHandOver {
+    /// The build's owner, whose entries change hands.
+    pub from_uid: u32,
+    pub to_uid: u32,
+    pub to_gid: u32,
 }
 
 /// Writes `meta` as `outer/lease.json` (must not exist yet).
@@ -61,6 +78,28 @@ pub fn write(outer: BorrowedFd<'_>, meta: &LeaseMeta) -> Result<(), Errno> {
         written += rustix::io::write(&fd, &bytes[written..])?;
     }
     Ok(())
+}
+
+/// Name of the next record while it is written.
+const META_NEW: &str = "lease.json.new";
+
+/// Replaces `outer/lease.json` with `meta` atomically: the next version is
+/// written beside it and renamed over it, so a crash leaves one or the
+/// other, never a torn record.
+pub fn rewrite(outer: BorrowedFd<'_>, meta: &LeaseMeta) -> Result<(), Errno> {
+    let bytes = serde_json::to_vec(meta).map_err(|_| Errno::INVAL)?;
+    let fd = openat(
+        outer,
+        META_NEW,
+        OFlags::CREATE | OFlags::TRUNC | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::RUSR | Mode::WUSR,
+    )?;
+    let mut written = 0;
+    while written < bytes.len() {
+        written += rustix::io::write(&fd, &bytes[written..])?;
+    }
+    drop(fd);
+    rustix::fs::renameat(outer, META_NEW, outer, META)
 }
 
 /// Reads `outer/lease.json`; `None` if missing or unreadable as a record.
@@ -92,6 +131,21 @@ pub fn read(outer: BorrowedFd<'_>) -> Option<LeaseMeta> {
         }
     }
     serde_json::from_slice(&buf[..len]).ok()
+}
+
+/// Opens `area/<id>` and reads its record.
+pub fn open_record(
+    area: BorrowedFd<'_>,
+    id: crate::lease::id::LeaseId,
+) -> Result<(std::os::fd::OwnedFd, LeaseMeta), Errno> {
+    let outer = openat(
+        area,
+        crate::host::layout::id_name(id).as_c_str(),
+        crate::host::layout::DIR_OPEN,
+        Mode::empty(),
+    )?;
+    let meta = read(std::os::fd::AsFd::as_fd(&outer)).ok_or(Errno::NOENT)?;
+    Ok((outer, meta))
 }
 
 /// Every recorded lease under `root`, by where its directory is, without a

@@ -8,26 +8,24 @@ use std::time::{Duration, SystemTime};
 use builddir_proto::LeaseState;
 
 use crate::lease::id::LeaseId;
-use crate::lease::table::Daemon;
+use crate::lease::table::{Daemon, Phase};
 use crate::lease::trash::kept_to_trash;
 
 /// Moves kept tree `id` to trash and starts its reap. Returns true if and
 /// only if this call did it (it was kept).
 pub fn remove_kept(daemon: &Arc<Daemon>, id: LeaseId, why: &str) -> bool {
-    if !daemon.claim_state(id, LeaseState::Kept, LeaseState::Reaping) {
+    let Ok(claim) = daemon.table.claim_kept(id) else {
         return false;
-    }
+    };
     match kept_to_trash(&daemon.layout, id) {
         Ok(trash_name) => {
-            if let Some(r) = daemon.leases().get_mut(&id) {
-                r.trash_name = Some(trash_name.clone());
-            }
+            claim.into_reaping(trash_name.clone());
             tracing::info!(lease_id = %id, why, "kept tree removed");
             crate::lease::reaper::spawn(daemon.clone(), trash_name, Some(id));
             true
         }
         Err(e) => {
-            daemon.claim_state(id, LeaseState::Reaping, LeaseState::Kept);
+            drop(claim); // kept again
             tracing::error!(lease_id = %id, error = %e, "cannot remove kept tree");
             false
         }
@@ -42,37 +40,26 @@ pub fn remove_kept(daemon: &Arc<Daemon>, id: LeaseId, why: &str) -> bool {
 /// under a walk has a live writer it should not have), so it is deleted
 /// with the reason logged rather than counted as small.
 pub async fn enforce(daemon: &Arc<Daemon>) {
-    let unsized_ids: Vec<LeaseId> = daemon
-        .leases()
-        .values()
-        .filter(|r| r.state == LeaseState::Kept && r.size_bytes.is_none())
-        .map(|r| r.id)
-        .collect();
+    let unsized_ids = daemon
+        .table
+        .ids(|r| *r.phase() == Phase::Kept && r.size_bytes.is_none());
     for id in unsized_ids {
         let d = daemon.clone();
         let walked = tokio::task::spawn_blocking(move || {
-            crate::conn::requests::tree_walk(&d, id, LeaseState::Kept)
+            crate::lease::size::tree_walk(&d, id, LeaseState::Kept)
         })
         .await
         .ok()
         .flatten();
         match walked {
-            Some(report) if report.complete() => {
-                if let Some(r) = daemon.leases().get_mut(&id) {
-                    r.size_bytes = Some(report.bytes);
-                }
-            }
+            Some(report) if report.complete() => daemon.table.measured(id, report.bytes),
             Some(report) => {
                 let why = report.stopped.map_or("", |s| s.as_str());
                 tracing::warn!(lease_id = %id, stopped = why, entries = report.entries, "kept tree size walk stopped early");
                 remove_kept(daemon, id, "retention: size walk stopped early");
             }
             // Gone or unreadable: nothing to count.
-            None => {
-                if let Some(r) = daemon.leases().get_mut(&id) {
-                    r.size_bytes = Some(0);
-                }
-            }
+            None => daemon.table.measured(id, 0),
         }
     }
     enforce_known(daemon);
@@ -83,9 +70,9 @@ pub async fn enforce(daemon: &Arc<Daemon>) {
 pub fn enforce_known(daemon: &Arc<Daemon>) {
     let config = &daemon.config;
     let mut kept: Vec<(SystemTime, LeaseId, u64)> = daemon
-        .leases()
-        .values()
-        .filter(|r| r.state == LeaseState::Kept)
+        .table
+        .select(|r| *r.phase() == Phase::Kept)
+        .into_iter()
         .map(|r| {
             (
                 r.kept_at.unwrap_or(r.created),

@@ -16,7 +16,7 @@ fn send(states: &[NotifyState<'_>]) {
 
 /// One line for `systemctl status`.
 pub fn status_line(daemon: &Daemon) -> String {
-    let [live, kept, reaping, quarantined] = daemon.state_counts();
+    let [live, kept, reaping, quarantined] = daemon.table.state_counts();
     format!(
         "{live} live, {kept} kept, {reaping} reaping, {quarantined} quarantined, {} connections",
         daemon.connection_count()

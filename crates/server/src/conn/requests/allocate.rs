@@ -1,19 +1,15 @@
-use builddir_proto::{
-    validate_name, Allocated, ErrorKind, ErrorReply, LeaseState, Owner, Response, SizeLimit,
-};
-use std::collections::HashSet;
-use std::os::fd::AsFd;
+use builddir_proto::{validate_name, Allocated, ErrorKind, ErrorReply, Owner, Response, SizeLimit};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{error, Reply, Session};
-use crate::backend::project::{AssignError, Reservation};
-use crate::backend::LeaseMode;
-use crate::lease::create::{allocate, Sizing};
+use crate::backend::Sizing;
+use crate::lease::create::allocate;
 use crate::lease::registry::LeaseMeta;
 use crate::lease::table::{Counters, Daemon, LeaseRecord};
 
 impl Session {
-    pub(super) fn allocate(
+    pub(super) async fn allocate(
         &mut self,
         name: String,
         owner: Option<Owner>,
@@ -48,30 +44,17 @@ impl Session {
                 );
             }
         }
-        let config = &self.daemon.config;
-        let (all, mine) = self.daemon.live_counts(peer.uid);
-        if all >= config.max_leases {
-            return error(
-                ErrorKind::QuotaExceeded,
-                format!(
-                    "max_leases = {} reached; release leases or raise max_leases",
-                    config.max_leases
-                ),
-            );
-        }
-        if mine >= config.max_leases_per_uid {
-            return error(
-                ErrorKind::QuotaExceeded,
-                format!(
-                    "max_leases_per_uid = {} reached for uid {}; release leases or raise max_leases_per_uid",
-                    config.max_leases_per_uid, peer.uid
-                ),
-            );
-        }
+        let daemon = self.daemon.clone();
+        // Checked and counted in one step; the place is given back if this
+        // allocation fails (or panics) before the lease is in the table.
+        let slot = match daemon.table.reserve(peer.uid, daemon.limits()) {
+            Ok(slot) => slot,
+            Err(e) => return error(ErrorKind::QuotaExceeded, e.to_string()),
+        };
         if let Some(refusal) = self.free_space_refusal() {
             return refusal;
         }
-        let limit = match self.size_limit(limit) {
+        let limit = match daemon.backend.size(limit, &daemon.config) {
             Ok(limit) => limit,
             Err(e) => return (Response::Error(e), None),
         };
@@ -79,14 +62,14 @@ impl Session {
             Ok(s) => s,
             Err(e) => return error(ErrorKind::Internal, format!("getrandom: {e}")),
         };
-        let daemon = self.daemon.clone();
-        // A project id stays reserved until the lease is in the table; on
-        // any early return (or a panic) the reservation is abandoned.
-        let (sizing, reservation) = match sizing(&daemon, limit) {
-            Ok(sized) => sized,
+        // What the backend reserves (a project id) stays reserved until the
+        // lease is in the table; on any early return (or a panic) it is
+        // given back.
+        let sizing = match prepare(&daemon, limit).await {
+            Ok(sizing) => sizing,
             Err(e) => return (Response::Error(e), None),
         };
-        let project_id = reservation.as_ref().map(|r| r.id());
+        let project_id = sizing.project_id();
         let created = SystemTime::now();
         let meta = |id: crate::lease::id::LeaseId| LeaseMeta {
             id: id.to_string(),
@@ -103,9 +86,11 @@ impl Session {
             secret: secret.clone(),
             limit_bytes: limit.map(|l| l.bytes),
             project_id,
+            kept_unix: None,
+            hand_over: None,
         };
         let layout = &self.daemon.layout;
-        let lease = match allocate(layout, owner.uid, owner.gid, sizing, meta) {
+        let lease = match allocate(layout, owner.uid, owner.gid, &sizing, meta) {
             Ok(lease) => lease,
             Err(e) if e.is_no_space() => {
                 return error(
@@ -122,33 +107,16 @@ impl Session {
             }
         };
         let path = self.daemon.layout.lease_path(lease.id);
-        let count = {
-            let mut leases = self.daemon.leases();
-            leases.insert(
-                lease.id,
-                LeaseRecord {
-                    id: lease.id,
-                    name: name.clone(),
-                    state: LeaseState::Live,
-                    owner_uid: owner.uid,
-                    owner_gid: owner.gid,
-                    peer: peer.clone(),
-                    conn: self.conn_id,
-                    created,
-                    trash_name: None,
-                    kept_at: None,
-                    size_bytes: None,
-                    secret: secret.clone(),
-                    limit_bytes: limit.map(|l| l.bytes),
-                    project_id,
-                },
-            );
-            leases.len()
-        };
+        let mut record = LeaseRecord::new(lease.id, peer.clone());
+        record.name = name.clone();
+        (record.owner_uid, record.owner_gid) = (owner.uid, owner.gid);
+        record.created = created;
+        record.secret = secret.clone();
+        record.limit_bytes = limit.map(|l| l.bytes);
+        record.project_id = project_id;
+        let count = slot.admit(record, self.conn_id);
         self.daemon.trimmer.grew(count);
-        if let Some(reservation) = reservation {
-            reservation.settle(); // the table holds the id now
-        }
+        sizing.settle(); // the table holds what it reserved now
         Counters::bump(&self.daemon.counters.allocations);
         tracing::info!(
             lease_id = %lease.id,
@@ -208,92 +176,21 @@ impl Session {
     }
 }
 
-/// How this lease is bounded: a tmpfs of `limit`, or a project quota (an
-/// id reserved and given `limit` now).
-fn sizing(
-    daemon: &Daemon,
-    limit: Option<SizeLimit>,
-) -> Result<(Sizing, Option<Reservation<'_>>), ErrorReply> {
-    match (&daemon.mode, limit) {
-        (LeaseMode::Dir { .. }, None) => Ok((Sizing::Unbounded, None)),
-        (LeaseMode::Tmpfs, Some(limit)) => Ok((Sizing::Tmpfs(limit), None)),
-        (LeaseMode::ProjectQuota(ids), Some(limit)) => {
-            let held = || -> HashSet<u32> {
-                daemon
-                    .leases()
-                    .values()
-                    .filter_map(|r| r.project_id)
-                    .collect()
-            };
-            let fs = daemon.layout.root.fd.as_fd();
-            match ids.assign(fs, held, limit.bytes, limit.inodes) {
-                Ok(r) => Ok((Sizing::Project(r.id()), Some(r))),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot give a lease a project quota");
-                    let kind = match e {
-                        AssignError::Exhausted { .. } => ErrorKind::QuotaExceeded,
-                        _ => ErrorKind::Internal,
-                    };
-                    Err(ErrorReply::new(kind, e.to_string()))
-                }
-            }
-        }
-        // `size_limit` gives every sized backend a limit and refuses one on
-        // `dir`; anything else is a bug, refused, not served.
-        (LeaseMode::Dir { .. }, Some(_))
-        | (LeaseMode::Tmpfs | LeaseMode::ProjectQuota(_), None) => Err(ErrorReply::new(
-            ErrorKind::Internal,
-            "lease sizing does not match the lease backend; please report this",
-        )),
+/// How this lease is bounded, settled by the backend: on a blocking
+/// thread when that can take long (a project id search), so no other
+/// user's request waits on it; a failed thread is an error reply.
+async fn prepare(daemon: &Arc<Daemon>, limit: Option<SizeLimit>) -> Result<Sizing, ErrorReply> {
+    if !daemon.backend.prepare_blocks() {
+        return daemon.backend.prepare(limit, || daemon.table.project_ids());
     }
-}
-
-impl Session {
-    /// The size for this lease, with defaults and caps applied; a refusal
-    /// if the request cannot be honoured.
-    fn size_limit(&self, asked: Option<SizeLimit>) -> Result<Option<SizeLimit>, ErrorReply> {
-        let c = &self.daemon.config;
-        if !self.daemon.mode.sized() {
-            return match asked {
-                None => Ok(None),
-                Some(_) => Err(ErrorReply::new(
-                    ErrorKind::BadRequest,
-                    self.daemon.mode.unsized_refusal(),
-                )),
-            };
-        }
-        let asked = asked.unwrap_or(SizeLimit {
-            bytes: 0,
-            inodes: 0,
-        });
-        let bytes = if asked.bytes == 0 {
-            c.lease_size_default
-        } else {
-            asked.bytes
-        };
-        let inodes = if asked.inodes == 0 {
-            c.lease_inodes_default
-        } else {
-            asked.inodes
-        };
-        if bytes > c.lease_size_max {
-            return Err(ErrorReply::new(
-                ErrorKind::QuotaExceeded,
-                format!(
-                    "a size of {bytes} bytes is above lease_size_max = {}; ask for less",
-                    c.lease_size_max
-                ),
-            ));
-        }
-        if inodes > c.lease_inodes_max {
-            return Err(ErrorReply::new(
-                ErrorKind::QuotaExceeded,
-                format!(
-                    "{inodes} inodes is above lease_inodes_max = {}; ask for fewer",
-                    c.lease_inodes_max
-                ),
-            ));
-        }
-        Ok(Some(SizeLimit { bytes, inodes }))
-    }
+    let d = daemon.clone();
+    tokio::task::spawn_blocking(move || d.backend.prepare(limit, || d.table.project_ids()))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "preparing a lease's space failed");
+            Err(ErrorReply::new(
+                ErrorKind::Internal,
+                format!("preparing the lease's space failed ({e}); retry"),
+            ))
+        })
 }

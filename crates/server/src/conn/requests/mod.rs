@@ -8,19 +8,21 @@ mod reclaim;
 mod release;
 mod status;
 
-pub use list::{tree_size, tree_walk};
+/// Where it lived before it moved to the lease module.
+pub use crate::lease::size::{tree_size, tree_walk};
 pub use status::status_report;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use builddir_proto::{ErrorKind, ErrorReply, LeaseState, Request, Response};
+use builddir_proto::{ErrorKind, ErrorReply, Request, Response};
 
 use crate::conn::peer::Peer;
 use crate::lease::id::LeaseId;
 use crate::lease::table::{Daemon, LeaseRecord};
 
-/// The state of one connection.
+/// The state of one connection. Dropping it (the peer left, an early
+/// return, a panic in a request) releases every live lease it holds.
 #[derive(Debug)]
 pub struct Session {
     pub daemon: Arc<Daemon>,
@@ -52,7 +54,7 @@ impl Session {
     /// typed error and a log line.
     pub async fn handle(&mut self, request: Request) -> Reply {
         let reply = match request {
-            Request::Allocate { name, owner, limit } => self.allocate(name, owner, limit),
+            Request::Allocate { name, owner, limit } => self.allocate(name, owner, limit).await,
             Request::Release { id, keep } => self.release(&id, keep).await,
             Request::List { all, size } => self.list(all, size).await,
             Request::Status => self.status(),
@@ -87,16 +89,8 @@ impl Session {
             )
         };
         let id = LeaseId::parse(id).ok_or_else(not_found)?;
-        let record = self
-            .daemon
-            .leases()
-            .get(&id)
-            .cloned()
-            .ok_or_else(not_found)?;
-        if self.is_operator()
-            || record.peer.uid == self.peer.uid
-            || record.owner_uid == self.peer.uid
-        {
+        let record = self.daemon.table.get(id).ok_or_else(not_found)?;
+        if self.is_operator() || record.concerns(self.peer.uid) {
             Ok(record)
         } else {
             // Same answer as a missing id: do not confirm that it exists.
@@ -104,18 +98,22 @@ impl Session {
         }
     }
 
-    /// Releases every live lease this connection holds (on disconnect).
-    pub fn release_held(&mut self, why: &str) {
-        let held: Vec<LeaseId> = self
-            .daemon
-            .leases()
-            .values()
-            .filter(|r| r.conn == self.conn_id && r.state == LeaseState::Live)
-            .map(|r| r.id)
-            .collect();
-        for id in held {
+    /// Releases every live lease this connection holds.
+    fn release_held(&mut self, why: &str) {
+        for id in self.daemon.table.held_by(self.conn_id) {
             // end_lease logs its own failure; nobody is left to answer.
-            let _ = self.end_lease(id, false, why);
+            let _ = self.end_lease(id, why);
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let why = if std::thread::panicking() {
+            "its connection's request panicked"
+        } else {
+            "disconnect"
+        };
+        self.release_held(why);
     }
 }

@@ -1,4 +1,4 @@
-use builddir_proto::{ErrorKind, LeaseState, Response};
+use builddir_proto::{ErrorKind, Response};
 
 use super::{error, Reply, Session};
 use crate::lease::id::LeaseId;
@@ -18,21 +18,9 @@ impl Session {
         let Some(id) = LeaseId::parse(id) else {
             return refused();
         };
-        let attached = {
-            let mut leases = self.daemon.leases();
-            match leases.get_mut(&id) {
-                Some(r)
-                    if r.state == LeaseState::Live
-                        && r.conn == 0
-                        && !r.secret.is_empty()
-                        && secrets_match(&r.secret, secret) =>
-                {
-                    r.conn = self.conn_id;
-                    true
-                }
-                _ => false,
-            }
-        };
+        let attached = self.daemon.table.attach(id, self.conn_id, |r| {
+            !r.secret.is_empty() && secrets_match(&r.secret, secret)
+        });
         if !attached {
             return refused();
         }

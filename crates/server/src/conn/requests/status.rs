@@ -21,7 +21,7 @@ pub fn status_report(daemon: &crate::lease::table::Daemon) -> StatusReport {
     let root = &daemon.layout.root;
     let flags = flags_of(&root.fd).ok();
     let vfs = rustix::fs::fstatvfs(&root.fd).ok();
-    let [live, kept, reaping, quarantined] = daemon.state_counts();
+    let [live, kept, reaping, quarantined] = daemon.table.state_counts();
     let c = &daemon.counters;
     StatusReport {
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -32,7 +32,7 @@ pub fn status_report(daemon: &crate::lease::table::Daemon) -> StatusReport {
             "{} ({}); leases: {}",
             daemon.config.backing.as_str(),
             root.fstype,
-            daemon.mode.describe(&root.fstype, &daemon.config)
+            daemon.backend.describe(&root.fstype, &daemon.config)
         ),
         nosuid: flags.is_some_and(|f| f.nosuid),
         nodev: flags.is_some_and(|f| f.nodev),

@@ -1,0 +1,51 @@
+//! How much a lease's tree holds: what the backend knows without a walk
+//! (a project's usage), else a bounded walk of the tree.
+
+use std::os::fd::OwnedFd;
+
+use builddir_proto::LeaseState;
+use rustix::fs::{openat, Mode};
+
+use crate::host::layout::{id_name, BUILD, DIR_OPEN};
+use crate::lease::id::LeaseId;
+use crate::lease::table::Daemon;
+use crate::tree::walk::{walk, JustSize, WalkReport};
+
+/// Bytes a live or kept lease uses. Blocking (it may walk the tree).
+pub fn lease_size(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<u64> {
+    if matches!(state, LeaseState::Live | LeaseState::Kept) {
+        let project = daemon.table.get(id).and_then(|r| r.project_id);
+        if let Some(bytes) = daemon.backend.usage(project) {
+            return Some(bytes);
+        }
+    }
+    tree_size(daemon, id, state)
+}
+
+/// Bytes in a live or kept tree (by a bounded fd walk); `None` for other
+/// states, and when the walk stopped before reaching every entry (its
+/// count would be a lower bound, not a size).
+pub fn tree_size(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<u64> {
+    let report = tree_walk(daemon, id, state)?;
+    if let Some(stopped) = report.stopped {
+        tracing::info!(
+            lease_id = %id,
+            stopped = stopped.as_str(),
+            entries = report.entries,
+            "size walk stopped early; size unknown"
+        );
+    }
+    report.size()
+}
+
+/// The bounded size walk of a live or kept tree.
+pub fn tree_walk(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<WalkReport> {
+    let area = match state {
+        LeaseState::Live => &daemon.layout.leases,
+        LeaseState::Kept => &daemon.layout.kept,
+        _ => return None,
+    };
+    let outer: OwnedFd = openat(area, id_name(id).as_c_str(), DIR_OPEN, Mode::empty()).ok()?;
+    let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty()).ok()?;
+    Some(walk(build, &mut JustSize))
+}
