@@ -79,6 +79,9 @@ impl Canary {
 /// A running `bd-attack`.
 struct Attack {
     child: Child,
+    /// The attacker's stdout, read line by line (one reader for all lines:
+    /// a second reader would lose what the first buffered).
+    out: BufReader<std::process::ChildStdout>,
     id: String,
     path: PathBuf,
 }
@@ -99,14 +102,14 @@ impl Attack {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("{scenario} setup: {line:?} {e}"));
         Attack {
             child,
+            out,
             id: v["id"].as_str().unwrap().to_owned(),
             path: PathBuf::from(v["path"].as_str().unwrap()),
         }
@@ -132,9 +135,7 @@ impl Attack {
     /// Reads the attacker's next JSON line.
     fn read_json(&mut self) -> serde_json::Value {
         let mut line = String::new();
-        BufReader::new(self.child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        self.out.read_line(&mut line).unwrap();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("attacker said {line:?}: {e}"))
     }
 

@@ -141,7 +141,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         .thread_name("builddird")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .context("cannot register the socket")?;
         let daemon = Arc::new(Daemon::new(config, layout, policy, backend));
@@ -195,7 +195,13 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         notify::stopping();
         tracing::info!("stopping");
         Ok(())
-    })
+    });
+    // Blocking work still running (a walk, the reap of a large tree) is not
+    // waited for: dropping the runtime would wait for it, past systemd's
+    // stop timeout. Cutting it short is safe: trash is rescanned and an
+    // interrupted hand-over is finished at the next start.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    served
 }
 
 /// A stored connection as a tokio stream.
