@@ -932,3 +932,44 @@ fn list_and_log_vs_a_forged_command_name_and_a_field_forging_lease_name() {
     attack.finish("comm");
     canary.assert_intact("comm");
 }
+
+#[test]
+fn reclaim_guessing_is_rate_limited_per_uid_and_logged_once_per_window() {
+    if !require_root("reclaim_guessing") {
+        return;
+    }
+    let d = Daemon::start("reclaim-guess");
+    let mut s = raw(&d.socket);
+    builddir_tests::wire::hello(&mut s);
+    let mut kinds = Vec::new();
+    for i in 0..50 {
+        let request = Request::Reclaim {
+            id: "00000000deadbeef".into(),
+            secret: format!("guess-{i}"),
+        };
+        s.write_all(&frame(&codec::encode(&request).unwrap()))
+            .unwrap();
+        match read_msg::<Response>(&mut s) {
+            Some(Response::Error(e)) => kinds.push(e.kind),
+            other => panic!("guess {i}: {other:?}"),
+        }
+    }
+    // Ten wrong guesses a minute, then refused without being checked.
+    assert!(
+        kinds[..10].iter().all(|k| *k == ErrorKind::NotFound),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds[10..].iter().all(|k| *k == ErrorKind::Busy),
+        "{kinds:?}"
+    );
+    // One log line for the window, not one per guess.
+    let log = d.log_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("refused") && l.contains("reclaim"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+    // Others are still served.
+    assert!(d.ctl(&["status"]).status.success());
+}

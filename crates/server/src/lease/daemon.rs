@@ -66,6 +66,11 @@ fn kind_index(kind: ErrorKind) -> usize {
         .expect("every kind is listed")
 }
 
+/// Wrong reclaims one uid may make per minute. A client reclaiming after
+/// a restart gets it right the first time; a guesser gets 10 tries a minute
+/// at a 64-bit secret.
+pub const RECLAIM_FAILURES_PER_MINUTE: u32 = 10;
+
 /// Everything the tasks share.
 #[derive(Debug)]
 pub struct Daemon {
@@ -84,6 +89,8 @@ pub struct Daemon {
     pub backend: Backend,
     /// When to give memory back after a burst of leases ends.
     pub trimmer: crate::trim::Trimmer,
+    /// Failed reclaims per uid (rate limit and one log line per window).
+    pub reclaim_failures: crate::conn::failures::FailureWindows,
 }
 
 impl Daemon {
@@ -101,6 +108,10 @@ impl Daemon {
             policy,
             backend,
             trimmer: crate::trim::Trimmer::default(),
+            reclaim_failures: crate::conn::failures::FailureWindows::new(
+                std::time::Duration::from_secs(60),
+                RECLAIM_FAILURES_PER_MINUTE,
+            ),
         }
     }
 

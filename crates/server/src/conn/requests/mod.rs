@@ -53,6 +53,8 @@ impl Session {
     /// Answers one request. Never panics on any input; every refusal is a
     /// typed error and a log line.
     pub async fn handle(&mut self, request: Request) -> Reply {
+        // A refused reclaim logs itself, once per window per uid.
+        let logs_itself = matches!(request, Request::Reclaim { .. });
         let reply = match request {
             Request::Allocate { name, owner, limit } => self.allocate(name, owner, limit).await,
             Request::Release { id, keep } => self.release(&id, keep).await,
@@ -70,7 +72,9 @@ impl Session {
         };
         if let (Response::Error(e), _) = &reply {
             self.daemon.counters.refused(e.kind);
-            tracing::info!(uid = self.peer.uid, pid = self.peer.pid, kind = %e.kind, message = e.message.as_str(), "request refused");
+            if !logs_itself {
+                tracing::info!(uid = self.peer.uid, pid = self.peer.pid, kind = %e.kind, message = e.message.as_str(), "request refused");
+            }
         }
         reply
     }
