@@ -973,3 +973,44 @@ fn reclaim_guessing_is_rate_limited_per_uid_and_logged_once_per_window() {
     // Others are still served.
     assert!(d.ctl(&["status"]).status.success());
 }
+
+#[test]
+fn retention_vs_one_users_many_keeps_never_evicts_another_users_tree() {
+    if !require_root("retention_per_owner") {
+        return;
+    }
+    let d = Daemon::start_with(
+        "retention-owner",
+        DaemonOpts {
+            config: Some("kept_max_count = 2\n".into()),
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    let keep = |who: Ident| {
+        let mut attack = Attack::start(&d, &canary, who, "hold", 0, 0.0);
+        attack.send("keep");
+        let answer = attack.read_json();
+        let kept = PathBuf::from(
+            answer["kept"]
+                .as_str()
+                .unwrap_or_else(|| panic!("keep failed: {answer}")),
+        );
+        attack.finish("retention-owner");
+        kept
+    };
+    // The victim's tree is the oldest of all.
+    let victims = keep(USER_B);
+    let mine: Vec<PathBuf> = (0..4).map(|_| keep(USER_A)).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || !mine[0].exists()
+            && !mine[1].exists()),
+        "the attacker's own oldest trees were not evicted"
+    );
+    assert!(mine[2].exists() && mine[3].exists());
+    assert!(
+        victims.exists(),
+        "another user's keeps evicted the victim's tree:\n{}",
+        d.log_text()
+    );
+}

@@ -103,10 +103,15 @@ pub struct Config {
     pub min_free_bytes: u64,
     /// Allocation fails with `no-space` below this many free inodes on root.
     pub min_free_inodes: u64,
-    /// Kept trees retained at most (oldest deleted first; 0 = no limit).
+    /// Kept trees retained at most per owner (oldest deleted first; 0 = no
+    /// limit).
     pub kept_max_count: usize,
-    /// Total bytes of kept trees retained at most (0 = no limit).
+    /// Bytes of kept trees retained at most per owner (0 = no limit).
     pub kept_max_bytes: u64,
+    /// Kept trees retained at most in total, all owners (0 = no limit).
+    pub kept_total_max_count: usize,
+    /// Bytes of kept trees retained at most in total (0 = no limit).
+    pub kept_total_max_bytes: u64,
     /// Kept trees older than this are deleted (0 = no limit).
     pub kept_max_age_secs: u64,
     /// Mode of a socket bound by hand (octal text).
@@ -171,6 +176,8 @@ impl Default for Config {
             min_free_inodes: 0,
             kept_max_count: 64,
             kept_max_bytes: 0,
+            kept_total_max_count: 0,
+            kept_total_max_bytes: 0,
             kept_max_age_secs: 7 * 24 * 3600,
             socket_mode: "0666".to_owned(),
             socket_group: String::new(),
