@@ -352,3 +352,173 @@ fn a_kept_tree_is_reachable_by_its_requester_only() {
     assert!(try_write(USER_A), "the requester cannot reach {kept}");
     let _ = std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o700));
 }
+
+/// A daemon process killed when dropped (also when a test fails).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// builddird socket-activated with `listener` plus `stored` fds, as systemd
+/// starts it after a restart, with `config`.
+fn start_activated(
+    s: &builddir_tests::Scratch,
+    config: &str,
+    listener: &std::os::unix::net::UnixListener,
+    stored: &[(String, std::os::fd::OwnedFd)],
+    notify: &builddir_tests::activation::NotifySocket,
+) -> Killed {
+    use std::os::fd::AsRawFd;
+    let cfg = s.dir.join("cfg.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--config".into(),
+        cfg.into(),
+        "--root".into(),
+        s.dir.join("root").into(),
+    ];
+    let mut fds = vec![(listener.as_raw_fd(), "builddird.socket".to_owned())];
+    fds.extend(stored.iter().map(|(n, fd)| (fd.as_raw_fd(), n.clone())));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(s.dir.join("daemon.log"))
+        .unwrap();
+    let child =
+        builddir_tests::activation::activated_with(&builddir_tests::bin("builddird"), &args, &fds)
+            .env("NOTIFY_SOCKET", s.dir.join("notify"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+    let child = Killed(child);
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(10)).0,
+        "no READY=1"
+    );
+    child
+}
+
+/// A connection handed back by systemd that the new daemon cannot serve
+/// (here: over the per-uid connection limit) does not pin its lease: the
+/// lease waits to be reclaimed and ends with the grace period.
+#[test]
+fn a_stored_connection_the_new_daemon_cannot_serve_does_not_pin_its_lease() {
+    if !require_root("a_stored_connection_the_new_daemon_cannot_serve_does_not_pin_its_lease") {
+        return;
+    }
+    let s = builddir_tests::Scratch::new("resume-refused");
+    let notify = builddir_tests::activation::NotifySocket::bind(&s.dir.join("notify"));
+    let sock = s.dir.join("bd.sock");
+    let listener = builddir_tests::activation::listen(&sock);
+    let mut store = Vec::new();
+    let daemon = start_activated(
+        &s,
+        "reclaim_grace_secs = 2\nmax_connections_per_uid = 4\n",
+        &listener,
+        &store,
+        &notify,
+    );
+    let first = Probe::start(&sock, USER_A, "first");
+    let second = Probe::start(&sock, USER_A, "second");
+    let paths = [first.path(), second.path()];
+    let _ = notify.collect_store(&mut store, Duration::from_millis(500));
+    assert!(
+        store
+            .iter()
+            .filter(|(n, _)| n.starts_with("lease-"))
+            .count()
+            >= 2,
+        "{store:?}"
+    );
+    // Restart with room for one connection of this uid.
+    drop(daemon);
+    let _daemon = start_activated(
+        &s,
+        "reclaim_grace_secs = 2\nmax_connections_per_uid = 1\n",
+        &listener,
+        &store,
+        &notify,
+    );
+    drop(store);
+    let log = || std::fs::read_to_string(s.dir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            paths.iter().filter(|p| p.exists()).count() == 1
+        }),
+        "both leases still exist after the grace period: the refused connection pins one\n{}",
+        log()
+    );
+    drop((first, second));
+}
+
+/// A release whose move into trash fails leaves the lease live and still
+/// bound to its connection: the connection's end still releases it.
+#[test]
+fn a_failed_release_leaves_the_lease_bound_to_its_connection() {
+    if !require_root("a_failed_release_leaves_the_lease_bound_to_its_connection") {
+        return;
+    }
+    let d = Daemon::start("failed-release");
+    let mut s = raw(&d.socket);
+    assert!(matches!(
+        hello(&mut s),
+        builddir_proto::HelloReply::Welcome { .. }
+    ));
+    send(
+        &mut s,
+        &Request::Allocate {
+            name: "stuck".into(),
+            owner: None,
+            limit: None,
+        },
+    );
+    let Some(Response::Allocated(a)) = read_msg::<Response>(&mut s) else {
+        panic!("allocation failed:\n{}", d.log_text());
+    };
+    // An immutable trash: the rename into it fails (EPERM).
+    let trash = d.root.join("trash");
+    let chattr = |flag: &str| {
+        let out = Command::new("chattr").arg(flag).arg(&trash).output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            other => panic!(
+                "chattr {flag} {trash:?} failed ({other:?}); this test needs chattr (e2fsprogs) and a root on ext4/XFS"
+            ),
+        }
+    };
+    chattr("+i");
+    send(
+        &mut s,
+        &Request::Release {
+            id: a.id.clone(),
+            keep: false,
+        },
+    );
+    let answer = read_msg::<Response>(&mut s);
+    chattr("-i");
+    assert!(
+        matches!(&answer, Some(Response::Error(e)) if e.kind == builddir_proto::ErrorKind::Internal),
+        "{answer:?}"
+    );
+    assert_eq!(live_rows(&d), 1);
+    let outer = std::path::Path::new(&a.path).parent().unwrap();
+    assert_eq!(
+        std::fs::metadata(outer).unwrap().mode() & 0o777,
+        0o710,
+        "a lease that stays live must stay open to its owner"
+    );
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(10), || !std::path::Path::new(&a.path)
+            .exists()
+            && live_rows(&d) == 0),
+        "the lease outlived its connection after a failed release: {:?}\n{}",
+        d.list_all(),
+        d.log_text()
+    );
+}

@@ -354,7 +354,15 @@ fn a_dir_backend_refuses_sizes_in_one_short_line_and_check_says_why_quotas_are_u
         said.contains("project quotas unavailable: ext4") && said.contains("tune2fs"),
         "{said}"
     );
-    let config = d.scratch.dir.join("config.toml");
+    let config = d.scratch.dir.join("ctl-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "root = {:?}\nbacking = \"external\"\nlease_backend = \"dir\"\n",
+            d.root
+        ),
+    )
+    .unwrap();
     let ctl_check = d
         .ctl_cmd(&["check", "--config", config.to_str().unwrap()])
         .output()

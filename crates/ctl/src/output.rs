@@ -92,10 +92,11 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// An error and its causes on one line, escaped with [`text`]: the daemon's
-/// messages can quote names that came from clients or trees.
+/// An error and its causes on one line, each cause once, escaped with
+/// [`text`]: the daemon's messages can quote names that came from clients
+/// or trees.
 pub fn one_line(e: &anyhow::Error) -> String {
-    text(&builddir_server::logging::one_line(e)).into_owned()
+    text(&builddir_host::one_line(e.as_ref())).into_owned()
 }
 
 /// `3s`, `5m`, `2h`, `4d`: the largest whole unit.

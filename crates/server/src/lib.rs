@@ -29,3 +29,22 @@ pub mod metrics;
 pub mod systemd;
 pub mod tree;
 pub mod trim;
+
+use std::future::Future;
+use std::sync::Arc;
+
+/// Serves `listener` for `daemon` until `shutdown` completes: every
+/// connection, every request, every lease transition, in-process. The
+/// binary calls it after verifying the mount and recovering the table;
+/// tests call it with a temporary layout and a socket of their own.
+///
+/// On return the daemon is stopping: connections dropped from now on (with
+/// the runtime) keep their leases for the next daemon.
+pub async fn run(
+    daemon: Arc<lease::table::Daemon>,
+    listener: tokio::net::UnixListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    conn::accept::run(listener, daemon.clone(), shutdown).await;
+    daemon.stop();
+}

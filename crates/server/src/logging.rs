@@ -38,17 +38,7 @@ pub fn init(level: &str) -> bool {
 /// An error and its causes on one line, each cause once: errors that
 /// already print their cause (`context: cause`) are not repeated.
 pub fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
+    builddir_host::one_line(e.as_ref())
 }
 
 #[cfg(test)]

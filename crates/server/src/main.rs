@@ -9,7 +9,7 @@ use clap::Parser;
 
 use builddir_server::backend::Backend;
 use builddir_server::conn::listener::Listener;
-use builddir_server::conn::{accept, session};
+use builddir_server::conn::session;
 use builddir_server::host::config::{Backing, Config, DEFAULT_CONFIG};
 use builddir_server::host::identity::Accounts;
 use builddir_server::host::layout::Layout;
@@ -88,7 +88,11 @@ fn load_config(args: &Args) -> Result<Config> {
 fn run(args: Args) -> Result<()> {
     let config = load_config(&args)?;
     if args.check {
-        return check(&config);
+        let path = args
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        return check(&config, &path);
     }
     // The socket first: a second daemon must fail here, before it touches
     // the mount or anything under it.
@@ -98,27 +102,24 @@ fn run(args: Args) -> Result<()> {
     result
 }
 
-fn check(config: &Config) -> Result<()> {
-    Policy::from_config(config, &Accounts::load())?;
-    mount::check_no_symlinks(&config.root)?;
-    if config.backing == Backing::External || mount::is_mount_point(&config.root).unwrap_or(false) {
-        let root = mount::verify(&config.root)?;
-        println!(
-            "ok: {} is a verified nosuid,nodev,exec mount",
-            config.root.display()
-        );
-        if config.lease_backend == builddir_server::host::config::LeaseBackend::ProjectQuota {
-            builddir_server::backend::require_project_quota(&root).map_err(anyhow::Error::msg)?;
-            println!("ok: {} enforces project quotas", config.root.display());
-        }
-    } else {
-        println!(
-            "ok: configuration valid; {} will be mounted ({}) at start",
-            config.root.display(),
-            config.backing.as_str()
-        );
+/// The same host check as `builddir-ctl check`, in the same words, for a
+/// daemon about to start: an unmounted root is fine (it is mounted at
+/// start). Exit 1 with the first problem if there is any.
+fn check(config: &Config, config_path: &std::path::Path) -> Result<()> {
+    use builddir_host::check::{self, When};
+    let mut findings = vec![check::policy(config, config_path)];
+    findings.extend(check::root(config, When::BeforeStart));
+    for f in &findings {
+        println!("{}", f.line());
     }
-    Ok(())
+    match findings.iter().find(|f| !f.ok) {
+        None => Ok(()),
+        Some(f) => anyhow::bail!(
+            "check failed: {} — fix: {}",
+            f.detail,
+            f.fix.as_deref().unwrap_or("see above")
+        ),
+    }
 }
 
 fn serve(config: Config, listener: &mut Listener) -> Result<()> {
@@ -147,10 +148,11 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         let daemon = Arc::new(Daemon::new(config, layout, policy, backend));
         let found = recover::recover(&daemon, resumed);
         daemon.trimmer.grew(daemon.table.len());
-        let mut conn_id: u64 = 0;
+        let mut resumed = 0;
         let mut resumed_leases = 0;
         for (fd, ids) in found.connections {
-            conn_id += 1;
+            let conn_id = daemon.next_conn_id();
+            resumed += 1;
             match resumed_stream(fd) {
                 Ok(stream) => {
                     resumed_leases += ids.len();
@@ -165,7 +167,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
             backing = daemon.config.backing.as_str(),
             leases = daemon.backend.describe(&daemon.layout.root.fstype, &daemon.config),
             live = found.live,
-            resumed = conn_id,
+            resumed,
             awaiting_reclaim = detached,
             orphans = found.orphans,
             kept = found.kept,
@@ -186,7 +188,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         // The accept loop runs as a task on a worker, not on this thread:
         // each new connection's task then starts on the same worker (tokio's
         // LIFO slot) instead of waking another thread for every client.
-        if let Err(e) = tokio::spawn(accept::run(listener, daemon, conn_id, shutdown)).await {
+        if let Err(e) = tokio::spawn(builddir_server::run(daemon, listener, shutdown)).await {
             if e.is_panic() {
                 std::panic::resume_unwind(e.into_panic());
             }

@@ -6,38 +6,17 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use builddir_server::host::config::{Backing, Config};
-use builddir_server::host::identity::Accounts;
-use builddir_server::host::mount;
-use builddir_server::host::policy::Policy;
-use serde::Serialize;
+use builddir_host::check::{self as host, Finding, When};
+use builddir_host::config::Config;
 
 use crate::output;
 
-#[derive(Debug, Serialize)]
-struct Finding {
-    check: &'static str,
-    ok: bool,
-    detail: String,
-    fix: Option<String>,
-}
-
 fn ok(check: &'static str, detail: String) -> Finding {
-    Finding {
-        check,
-        ok: true,
-        detail,
-        fix: None,
-    }
+    Finding::ok(check, detail)
 }
 
 fn problem(check: &'static str, detail: String, fix: String) -> Finding {
-    Finding {
-        check,
-        ok: false,
-        detail,
-        fix: Some(fix),
-    }
+    Finding::problem(check, detail, fix)
 }
 
 pub fn check(
@@ -53,17 +32,7 @@ pub fn check(
                 "config",
                 format!("{} is valid (or absent: defaults)", config_path.display()),
             ));
-            match Policy::from_config(&c, &Accounts::load()) {
-                Ok(_) => findings.push(ok(
-                    "policy",
-                    "users and groups in the config resolve".into(),
-                )),
-                Err(e) => findings.push(problem(
-                    "policy",
-                    e.to_string(),
-                    format!("fix the names in {}", config_path.display()),
-                )),
-            }
+            findings.push(host::policy(&c, config_path));
             c
         }
         Err(e) => {
@@ -75,7 +44,8 @@ pub fn check(
             Config::default()
         }
     };
-    check_root(&config, &mut findings);
+    // The same checks, in the same words, as `builddird --check`.
+    findings.extend(host::root(&config, When::Serving));
     let socket = if socket_given {
         socket.to_owned()
     } else {
@@ -88,15 +58,8 @@ pub fn check(
         output::json(&findings)?;
     } else {
         for f in &findings {
-            match &f.fix {
-                None => println!("ok    {:<8} {}", f.check, output::text(&f.detail)),
-                Some(fix) => println!(
-                    "FAIL  {:<8} {} — fix: {}",
-                    f.check,
-                    output::text(&f.detail),
-                    output::text(fix)
-                ),
-            }
+            // Details quote config values and paths: escaped like any text.
+            println!("{}", output::text(&f.line()));
         }
     }
     Ok(if failed == 0 {
@@ -104,109 +67,6 @@ pub fn check(
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn check_root(config: &Config, findings: &mut Vec<Finding>) {
-    let root = &config.root;
-    let shown = root.display();
-    if let Err(e) = mount::check_no_symlinks(root) {
-        findings.push(problem(
-            "root",
-            e.to_string(),
-            "set root to the real path in the config".into(),
-        ));
-        return;
-    }
-    let meta = match std::fs::metadata(root) {
-        Ok(m) => m,
-        Err(e) => {
-            findings.push(problem(
-                "root",
-                format!("{shown}: {e}"),
-                "start builddird once (it creates and mounts root), or create it: mkdir -m 0755"
-                    .into(),
-            ));
-            return;
-        }
-    };
-    if !meta.is_dir() {
-        findings.push(problem(
-            "root",
-            format!("{shown} is not a directory"),
-            "point root at a directory".into(),
-        ));
-        return;
-    }
-    if meta.uid() != 0 {
-        findings.push(problem(
-            "root",
-            format!("{shown} is owned by uid {}", meta.uid()),
-            format!("chown root:root {shown}"),
-        ));
-    } else if meta.mode() & 0o022 != 0 {
-        findings.push(problem(
-            "root",
-            format!(
-                "{shown} has mode {:04o} (group/world-writable)",
-                meta.mode() & 0o7777
-            ),
-            format!("chmod go-w {shown}"),
-        ));
-    } else {
-        findings.push(ok(
-            "root",
-            format!(
-                "{shown} is a root-owned directory, mode {:04o}",
-                meta.mode() & 0o7777
-            ),
-        ));
-    }
-    match mount::is_mount_point(root) {
-        Ok(false) if config.backing != Backing::External => {
-            findings.push(problem(
-                "mount",
-                format!("{shown} is not mounted yet"),
-                "start builddird (it mounts root), or check its log: journalctl -u builddird"
-                    .into(),
-            ));
-            return;
-        }
-        Ok(false) => {
-            findings.push(problem(
-                "mount",
-                format!("{shown} is not a mount point (backing = \"external\")"),
-                "mount it nosuid,nodev,exec (fstab or a .mount unit)".into(),
-            ));
-            return;
-        }
-        Ok(true) => {}
-        Err(e) => {
-            findings.push(problem("mount", e.to_string(), "check the path".into()));
-            return;
-        }
-    }
-    let flags = std::fs::File::open(root).and_then(mount::flags_of);
-    match flags {
-        Ok(f) if f.noexec => findings.push(problem(
-            "mount",
-            format!("{shown} is mounted noexec: builds cannot run what they build"),
-            format!("mount -o remount,exec {shown} (or restart builddird with backing = \"bind\")"),
-        )),
-        Ok(f) if !f.nosuid || !f.nodev => findings.push(problem(
-            "mount",
-            format!(
-                "{shown} lacks {}",
-                if f.nosuid { "nodev" } else { "nosuid" }
-            ),
-            format!("mount -o remount,nosuid,nodev {shown}"),
-        )),
-        Ok(_) => findings.push(ok("mount", format!("{shown} is mounted nosuid,nodev,exec"))),
-        Err(e) => findings.push(problem(
-            "mount",
-            format!("cannot statvfs {shown}: {e}"),
-            "run check as root".into(),
-        )),
-    }
 }
 
 fn check_socket(socket: &Path, findings: &mut Vec<Finding>) {

@@ -39,9 +39,9 @@ pub async fn list(socket: &Path, json: bool, all: bool, size: bool) -> Result<Ex
 
 /// `list --offline`: the registry on disk, while the daemon is down.
 pub fn list_offline(json: bool, config_path: &Path) -> Result<ExitCode> {
-    let config = builddir_server::host::config::Config::load(config_path, false)?;
+    let config = builddir_host::config::Config::load(config_path, false)?;
     let root = &config.root;
-    let found = builddir_server::lease::registry::scan(root).with_context(|| {
+    let found = builddir_host::registry::scan(root).with_context(|| {
         format!(
             "cannot read the registry under {} (needs root)",
             root.display()

@@ -10,7 +10,8 @@
 //! would work on this root.
 
 pub mod project;
-pub mod project_sys;
+/// The quota system calls (they live with the host facts).
+pub use builddir_host::quota_sys as project_sys;
 pub mod tmpfs;
 
 use std::collections::HashSet;

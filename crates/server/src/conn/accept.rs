@@ -16,23 +16,15 @@ use crate::lease::table::Daemon;
 /// backs off briefly and retries: pending clients wait in the backlog
 /// instead of the loop spinning, and service resumes by itself when load
 /// drops.
-/// Connection ids continue after `first_conn_id` (resumed connections took
-/// the ones before).
-pub async fn run(
-    listener: UnixListener,
-    daemon: Arc<Daemon>,
-    first_conn_id: u64,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run(listener: UnixListener, daemon: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let mut conn_id: u64 = first_conn_id;
     let mut last_warning: Option<Instant> = None;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    conn_id += 1;
+                    let conn_id = daemon.next_conn_id();
                     tokio::spawn(session::serve(daemon.clone(), stream, conn_id));
                 }
                 Err(e) => {

@@ -3,45 +3,28 @@
 
 use tokio::net::UnixStream;
 
-/// Credentials captured when the connection was accepted.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub uid: u32,
-    pub gid: u32,
-    /// 0 if the kernel did not report one (peer in another pid namespace).
-    pub pid: u32,
-    /// `/proc/PID/comm` at connect time; informational only.
-    pub command: String,
-    /// Supplementary groups at connect time (empty if unknown).
-    pub groups: Vec<u32>,
-}
+/// Credentials captured when the connection was accepted (the type is
+/// shared with `builddir-ctl`'s policy check).
+pub use builddir_host::identity::Peer;
 
-impl Peer {
-    /// Reads `SO_PEERCRED` of `stream`; with `want_groups`, also the peer's
-    /// supplementary groups (a `/proc` read, so only when policy uses groups).
-    pub fn of(stream: &UnixStream, want_groups: bool) -> std::io::Result<Peer> {
-        let cred = stream.peer_cred()?;
-        let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
-        let command = if pid == 0 { String::new() } else { comm(pid) };
-        let groups = if want_groups {
-            crate::host::identity::supplementary_groups(pid, cred.uid()).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        Ok(Peer {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid,
-            command,
-            groups,
-        })
-    }
-
-    /// Returns true if and only if `gid` is the peer's primary or one of
-    /// its supplementary groups.
-    pub fn in_group(&self, gid: u32) -> bool {
-        self.gid == gid || self.groups.contains(&gid)
-    }
+/// Reads `SO_PEERCRED` of `stream`; with `want_groups`, also the peer's
+/// supplementary groups (a `/proc` read, so only when policy uses groups).
+pub fn of(stream: &UnixStream, want_groups: bool) -> std::io::Result<Peer> {
+    let cred = stream.peer_cred()?;
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+    let command = if pid == 0 { String::new() } else { comm(pid) };
+    let groups = if want_groups {
+        crate::host::identity::supplementary_groups(pid, cred.uid()).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid,
+        command,
+        groups,
+    })
 }
 
 /// `/proc/PID/comm` (at most 16 bytes): one open, one read, one close, on

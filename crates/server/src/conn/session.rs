@@ -20,7 +20,7 @@ pub const FEATURES: &[&str] = &["allocate", "release", "keep", "list", "status",
 
 /// Serves one accepted connection to the end.
 pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
-    let peer = match Peer::of(&stream, daemon.policy.uses_groups()) {
+    let peer = match crate::conn::peer::of(&stream, daemon.policy.uses_groups()) {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read SO_PEERCRED; closing");
@@ -50,7 +50,7 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
 /// Its leases (`ids`) are bound to it only once it is served: if it cannot
 /// be, they stay detached, reclaimable, and end with the grace period.
 pub async fn resume(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64, ids: Vec<LeaseId>) {
-    let peer = match Peer::of(&stream, daemon.policy.uses_groups()) {
+    let peer = match crate::conn::peer::of(&stream, daemon.policy.uses_groups()) {
         Ok(peer) => peer,
         Err(e) => {
             tracing::warn!(error = %e, leases = ids.len(), "cannot serve a stored connection; its leases wait to be reclaimed");

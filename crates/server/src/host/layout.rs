@@ -16,22 +16,13 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{fchmod, fchown, fstat, mkdirat, openat, Gid, Mode, OFlags, Uid};
+use rustix::fs::{fchmod, fchown, fstat, mkdirat, openat, Gid, Mode, Uid};
 use rustix::io::Errno;
 
 use crate::host::mount::VerifiedRoot;
 use crate::lease::id::LeaseId;
 
-pub const LEASES: &str = "b";
-pub const KEPT: &str = "kept";
-pub const TRASH: &str = "trash";
-pub const BUILD: &str = "build";
-
-/// Flags for every directory the daemon opens.
-pub const DIR_OPEN: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
+pub use builddir_host::paths::{BUILD, DIR_OPEN, KEPT, LEASES, TRASH};
 
 /// A layout directory could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -47,19 +38,30 @@ pub struct LayoutError {
 #[derive(Debug)]
 pub struct Layout {
     pub root: VerifiedRoot,
+    /// Who owns the areas and every outer directory: root for the daemon;
+    /// the test's own user for an in-process test layout.
+    pub owner: (u32, u32),
     pub leases: OwnedFd,
     pub kept: OwnedFd,
     pub trash: OwnedFd,
 }
 
 impl Layout {
-    /// Creates (if missing) and opens the areas, fixing owner and mode.
+    /// Creates (if missing) and opens the areas, fixing owner (root) and
+    /// mode.
     pub fn open(root: VerifiedRoot) -> Result<Layout, LayoutError> {
-        let leases = area(&root, LEASES, 0o711)?;
-        let kept = area(&root, KEPT, 0o711)?;
-        let trash = area(&root, TRASH, 0o700)?;
+        Layout::open_owned_by(root, (0, 0))
+    }
+
+    /// Like [`Layout::open`], owned by `owner`: in-process tests run the
+    /// whole daemon on a temporary directory of their own, without root.
+    pub fn open_owned_by(root: VerifiedRoot, owner: (u32, u32)) -> Result<Layout, LayoutError> {
+        let leases = area(&root, LEASES, 0o711, owner)?;
+        let kept = area(&root, KEPT, 0o711, owner)?;
+        let trash = area(&root, TRASH, 0o700, owner)?;
         Ok(Layout {
             root,
+            owner,
             leases,
             kept,
             trash,
@@ -86,7 +88,12 @@ pub fn id_name(id: LeaseId) -> CString {
     CString::new(id.to_string()).expect("hex has no NUL")
 }
 
-fn area(root: &VerifiedRoot, name: &'static str, mode: u32) -> Result<OwnedFd, LayoutError> {
+fn area(
+    root: &VerifiedRoot,
+    name: &'static str,
+    mode: u32,
+    (uid, gid): (u32, u32),
+) -> Result<OwnedFd, LayoutError> {
     let err = |what, source| LayoutError {
         path: root.path.join(name),
         what,
@@ -98,8 +105,9 @@ fn area(root: &VerifiedRoot, name: &'static str, mode: u32) -> Result<OwnedFd, L
     }
     let fd = openat(&root.fd, name, DIR_OPEN, Mode::empty()).map_err(|e| err("open", e))?;
     let st = fstat(&fd).map_err(|e| err("stat", e))?;
-    if st.st_uid != 0 || st.st_gid != 0 {
-        fchown(&fd, Some(Uid::ROOT), Some(Gid::ROOT)).map_err(|e| err("chown", e))?;
+    if st.st_uid != uid || st.st_gid != gid {
+        fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(|e| err("chown", e))?;
     }
     if st.st_mode & 0o7777 != mode {
         fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| err("chmod", e))?;

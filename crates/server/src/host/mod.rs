@@ -1,9 +1,7 @@
-//! Facts about this machine, shared with `builddir-ctl check`: the config,
-//! the access policy, the mount and its verification, the on-disk layout,
-//! and user/group lookups.
+//! Facts about this machine. Most live in `builddir_host` (shared with
+//! `builddir-ctl check`) and are re-exported here under their old paths;
+//! the layout of the root's areas, held open by fd, is the daemon's own.
 
-pub mod config;
-pub mod identity;
+pub use builddir_host::{config, identity, mount, policy};
+
 pub mod layout;
-pub mod mount;
-pub mod policy;

@@ -1,9 +1,11 @@
 //! Creating a lease's directories, by descriptor only.
 //!
-//! 1. `mkdirat(b, ".new-<id>", 0)` — a private temporary name.
+//! 1. `mkdirat(b, ".new-<id>", 0700)` — a private temporary name, the
+//!    daemon's own (0700 rather than 0: the daemon need not be root to
+//!    open it, as in the in-process tests).
 //! 2. open it (`O_DIRECTORY|O_NOFOLLOW`); it is `root:root`; an access ACL
 //!    lets the owner alone traverse it ([`crate::lease::outer`]).
-//! 3. `mkdirat(outer, "build", 0)`, open it, `fchown(owner)`, `fchmod 0700`.
+//! 3. `mkdirat(outer, "build", 0700)`, open it, `fchown(owner)`, `fchmod 0700`.
 //! 4. the registry record `outer/lease.json` ([`crate::lease::registry`]).
 //! 5. `renameat2(b/.new-<id>, b/<id>, RENAME_NOREPLACE)` — the lease appears
 //!    complete, with its record, or not at all.
@@ -65,7 +67,7 @@ pub fn allocate(
     let tmp_name = format!(".new-{id}");
     let step = |step| move |source| AllocError { step, source };
 
-    mkdirat(&layout.leases, tmp_name.as_str(), Mode::empty()).map_err(step("mkdirat outer"))?;
+    mkdirat(&layout.leases, tmp_name.as_str(), Mode::RWXU).map_err(step("mkdirat outer"))?;
     failpoint::hit("allocate:after-mkdir");
     let result = (|| {
         let outer = openat(&layout.leases, tmp_name.as_str(), DIR_OPEN, Mode::empty())
@@ -75,7 +77,7 @@ pub fn allocate(
         crate::lease::outer::owner_only(outer.as_fd(), uid).map_err(step(
             "give the outer dir its owner-only ACL (the root filesystem needs POSIX ACLs)",
         ))?;
-        mkdirat(&outer, BUILD, Mode::empty()).map_err(step("mkdirat build"))?;
+        mkdirat(&outer, BUILD, Mode::RWXU).map_err(step("mkdirat build"))?;
         sizing
             .mount_on(outer.as_fd(), uid, gid)
             .map_err(step("mount the lease's tmpfs"))?;

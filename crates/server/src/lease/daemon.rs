@@ -2,7 +2,7 @@
 //! backend and counters. One `Arc<Daemon>` is shared by every task.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::{Instant, SystemTime};
@@ -87,6 +87,12 @@ pub struct Daemon {
     pub policy: Policy,
     /// The lease backend, decided at start.
     pub backend: Backend,
+    /// The last connection id handed out.
+    conn_ids: AtomicU64,
+    /// Set when the daemon stops serving (SIGTERM): the connections still
+    /// open are about to be dropped with the runtime, and their leases
+    /// must survive for the next daemon, not be released.
+    stopping: AtomicBool,
     /// When to give memory back after a burst of leases ends.
     pub trimmer: crate::trim::Trimmer,
     /// Failed reclaims per uid (rate limit and one log line per window).
@@ -107,12 +113,30 @@ impl Daemon {
             reap_slots: Arc::new(Semaphore::new(config_reap)),
             policy,
             backend,
+            conn_ids: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
             trimmer: crate::trim::Trimmer::default(),
             reclaim_failures: crate::conn::failures::FailureWindows::new(
                 std::time::Duration::from_secs(60),
                 RECLAIM_FAILURES_PER_MINUTE,
             ),
         }
+    }
+
+    /// The daemon stops serving: from now on a dropped session keeps its
+    /// leases (the next daemon gets them back from the fd store, or their
+    /// clients reclaim them).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// A fresh connection id (resumed connections and accepted ones alike).
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The lease-count limits of the config.

@@ -129,7 +129,7 @@ pub async fn keep(
         to_uid,
         to_gid,
     };
-    let (outer, mut meta) = registry::open_record(layout.leases.as_fd(), id)
+    let (outer, mut meta) = registry::open_record(layout, layout.leases.as_fd(), id)
         .map_err(|e| internal("read lease.json", &e))?;
     meta.hand_over = Some(intent);
     registry::rewrite(outer.as_fd(), &meta).map_err(|e| internal("record the keep", &e))?;
@@ -230,7 +230,7 @@ pub fn finish_hand_over(
     meta.owner_gid = to.to_gid;
     meta.hand_over = None;
     meta.kept_unix = Some(unix_now());
-    let (outer, _) = registry::open_record(layout.kept.as_fd(), id)
+    let (outer, _) = registry::open_record(layout, layout.kept.as_fd(), id)
         .map_err(|e| NotHandedOver::Failed(format!("cannot reopen the kept tree's record: {e}")))?;
     registry::rewrite(outer.as_fd(), &meta)
         .map_err(|e| NotHandedOver::Failed(format!("cannot record the new owner: {e}")))?;

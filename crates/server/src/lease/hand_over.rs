@@ -224,8 +224,13 @@ pub fn hand_over_kept(
         DIR_OPEN,
         Mode::empty(),
     )?;
-    // `root:root` (a tree kept by an older daemon had the owner's group).
-    fchown(&outer, Some(Uid::ROOT), Some(Gid::ROOT))?;
+    // The daemon's own (a tree kept by an older daemon had the owner's
+    // group).
+    let st = fstat(&outer)?;
+    let (uid, gid) = layout.owner;
+    if (st.st_uid, st.st_gid) != (uid, gid) {
+        fchown(&outer, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+    }
     crate::lease::outer::owner_only(outer.as_fd(), to_uid)?;
     let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty())?;
     crate::failpoint::hit("keep:before-hand-over");

@@ -148,5 +148,5 @@ fn project_on_disk(daemon: &Daemon, name: &std::ffi::CStr) -> Option<u32> {
         rustix::fs::Mode::empty(),
     )
     .ok()?;
-    crate::lease::registry::read(outer.as_fd())?.project_id
+    crate::lease::registry::read_in(&daemon.layout, outer.as_fd())?.project_id
 }

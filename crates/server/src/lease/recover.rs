@@ -81,7 +81,7 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
                 Mode::empty(),
             )
             .ok()?;
-            registry::read(outer.as_fd())
+            registry::read_in(layout, outer.as_fd())
                 .filter(|m| m.id == id.to_string())
                 .map(|m| (id, m))
         });
@@ -137,7 +137,7 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
             // charged for it until it is gone.
             let record = openat(layout.trash.as_fd(), name.as_str(), DIR_OPEN, Mode::empty())
                 .ok()
-                .and_then(|outer| registry::read(outer.as_fd()))
+                .and_then(|outer| registry::read_in(layout, outer.as_fd()))
                 .map_or_else(|| recovered(id, 0, 0), |m| from_meta(id, &m));
             daemon.table.restore(
                 record,
@@ -162,7 +162,7 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
 /// returned.
 fn recover_kept(daemon: &Daemon, id: LeaseId, name: &CString) -> Option<LeaseRecord> {
     let layout = &daemon.layout;
-    let Ok((_, mut meta)) = registry::open_record(layout.kept.as_fd(), id) else {
+    let Ok((_, mut meta)) = registry::open_record(layout, layout.kept.as_fd(), id) else {
         let (uid, gid) = owner_of_build(layout.kept.as_fd(), name).unwrap_or((0, 0));
         return Some(recovered(id, uid, gid));
     };
@@ -170,7 +170,7 @@ fn recover_kept(daemon: &Daemon, id: LeaseId, name: &CString) -> Option<LeaseRec
         tracing::info!(lease_id = %id, "finishing a hand-over interrupted by a restart");
         match crate::lease::end::finish_hand_over(daemon, id, meta.clone()) {
             Ok(_) => {
-                if let Ok((_, m)) = registry::open_record(layout.kept.as_fd(), id) {
+                if let Ok((_, m)) = registry::open_record(layout, layout.kept.as_fd(), id) {
                     meta = m;
                 }
             }

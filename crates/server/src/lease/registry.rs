@@ -1,140 +1,16 @@
-//! The lease registry on disk: one small root-only file per lease,
-//! `<outer>/lease.json`, written before the lease's directory is renamed into
-//! place and moved with it by every later rename.
-//!
-//! So the registry is exactly as atomic as the lease's own appearance (one
-//! `renameat2`), a lease's state is where its directory is (`b/` live,
-//! `kept/`, `trash/`), nothing needs compaction, and `builddir-ctl list
-//! --offline` can read it while the daemon is down. The file sits in the
-//! root-owned outer directory (0710: the build user has search permission
-//! only) with mode 0600, so the build cannot read or replace it.
-//!
-//! No fsync: the registry has to survive the daemon dying (its page cache
-//! does), not the machine — after a power loss no build is running to
-//! reclaim anything.
+//! The lease registry on disk (`<outer>/lease.json`); its format lives in
+//! `builddir_host::registry`, shared with `builddir-ctl list --offline`.
 
 use std::os::fd::BorrowedFd;
 
-use rustix::fs::{openat, Mode, OFlags};
+use rustix::fs::{openat, Mode};
 use rustix::io::Errno;
-use serde::{Deserialize, Serialize};
 
-/// Name of the record inside each outer directory.
-pub const META: &str = "lease.json";
-
-/// Largest record read back (names are ≤ 255 bytes; this is generous).
-const MAX_META: usize = 16 * 1024;
-
-/// What the registry records about a lease.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseMeta {
-    pub id: String,
-    pub name: String,
-    pub owner_uid: u32,
-    pub owner_gid: u32,
-    pub peer_uid: u32,
-    pub peer_gid: u32,
-    pub peer_pid: u32,
-    pub peer_command: String,
-    pub created_unix: u64,
-    /// The reclaim secret (hex). Only root can read this file.
-    pub secret: String,
-    /// The build's size limit (sized leases).
-    #[serde(default)]
-    pub limit_bytes: Option<u64>,
-    /// The build's project id (`project-quota` leases).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub project_id: Option<u32>,
-    /// When the tree was kept (retention counts its age from here).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kept_unix: Option<u64>,
-    /// A keep whose hand-over is not finished: written before the tree
-    /// moves to the kept area, cleared once every entry is the requester's.
-    /// Found at start, the hand-over is finished before the tree is listed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hand_over: Option<PendingHandOver>,
-}
-
-/// Who a kept tree is being handed from and to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingHandOver {
-    /// The build's owner, whose entries change hands.
-    pub from_uid: u32,
-    pub to_uid: u32,
-    pub to_gid: u32,
-}
-
-/// Writes `meta` as `outer/lease.json` (must not exist yet).
-pub fn write(outer: BorrowedFd<'_>, meta: &LeaseMeta) -> Result<(), Errno> {
-    let bytes = serde_json::to_vec(meta).map_err(|_| Errno::INVAL)?;
-    let fd = openat(
-        outer,
-        META,
-        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::RUSR | Mode::WUSR,
-    )?;
-    let mut written = 0;
-    while written < bytes.len() {
-        written += rustix::io::write(&fd, &bytes[written..])?;
-    }
-    Ok(())
-}
-
-/// Name of the next record while it is written.
-const META_NEW: &str = "lease.json.new";
-
-/// Replaces `outer/lease.json` with `meta` atomically: the next version is
-/// written beside it and renamed over it, so a crash leaves one or the
-/// other, never a torn record.
-pub fn rewrite(outer: BorrowedFd<'_>, meta: &LeaseMeta) -> Result<(), Errno> {
-    let bytes = serde_json::to_vec(meta).map_err(|_| Errno::INVAL)?;
-    let fd = openat(
-        outer,
-        META_NEW,
-        OFlags::CREATE | OFlags::TRUNC | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::RUSR | Mode::WUSR,
-    )?;
-    let mut written = 0;
-    while written < bytes.len() {
-        written += rustix::io::write(&fd, &bytes[written..])?;
-    }
-    drop(fd);
-    rustix::fs::renameat(outer, META_NEW, outer, META)
-}
-
-/// Reads `outer/lease.json`; `None` if missing or unreadable as a record.
-pub fn read(outer: BorrowedFd<'_>) -> Option<LeaseMeta> {
-    let fd = openat(
-        outer,
-        META,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .ok()?;
-    let st = rustix::fs::fstat(&fd).ok()?;
-    // Only a regular file that root wrote counts.
-    if st.st_uid != 0
-        || rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
-    {
-        return None;
-    }
-    let mut buf = vec![0u8; MAX_META];
-    let mut len = 0;
-    loop {
-        let n = rustix::io::read(&fd, &mut buf[len..]).ok()?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if len == buf.len() {
-            return None;
-        }
-    }
-    serde_json::from_slice(&buf[..len]).ok()
-}
+pub use builddir_host::registry::*;
 
 /// Opens `area/<id>` and reads its record.
 pub fn open_record(
+    layout: &crate::host::layout::Layout,
     area: BorrowedFd<'_>,
     id: crate::lease::id::LeaseId,
 ) -> Result<(std::os::fd::OwnedFd, LeaseMeta), Errno> {
@@ -144,81 +20,11 @@ pub fn open_record(
         crate::host::layout::DIR_OPEN,
         Mode::empty(),
     )?;
-    let meta = read(std::os::fd::AsFd::as_fd(&outer)).ok_or(Errno::NOENT)?;
+    let meta = read_in(layout, std::os::fd::AsFd::as_fd(&outer)).ok_or(Errno::NOENT)?;
     Ok((outer, meta))
 }
 
-/// Every recorded lease under `root`, by where its directory is, without a
-/// daemon (for `builddir-ctl list --offline`). Secrets are blanked.
-pub fn scan(
-    root: &std::path::Path,
-) -> std::io::Result<Vec<(builddir_proto::LeaseState, LeaseMeta)>> {
-    use builddir_proto::LeaseState;
-    use std::os::fd::AsFd;
-    let open =
-        |p: &std::path::Path| rustix::fs::open(p, crate::host::layout::DIR_OPEN, Mode::empty());
-    let mut out = Vec::new();
-    for (area, state) in [
-        (crate::host::layout::LEASES, LeaseState::Live),
-        (crate::host::layout::KEPT, LeaseState::Kept),
-        (crate::host::layout::TRASH, LeaseState::Reaping),
-    ] {
-        let dir = open(&root.join(area))?;
-        let mut entries = rustix::fs::Dir::read_from(&dir)?;
-        while let Some(Ok(entry)) = entries.read() {
-            let name = entry.file_name();
-            if name == c"." || name == c".." {
-                continue;
-            }
-            let Ok(outer) = openat(
-                dir.as_fd(),
-                name,
-                crate::host::layout::DIR_OPEN,
-                Mode::empty(),
-            ) else {
-                continue;
-            };
-            if let Some(mut meta) = read(outer.as_fd()) {
-                meta.secret.clear();
-                out.push((state, meta));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A fresh reclaim secret: 128 random bits in hex.
-pub fn new_secret() -> std::io::Result<String> {
-    let mut bytes = [0u8; 16];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        filled +=
-            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())?;
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Compares secrets in time independent of where they differ.
-pub fn secrets_match(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_are_long_random_and_compared_exactly() {
-        let a = new_secret().unwrap();
-        let b = new_secret().unwrap();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
-        assert!(secrets_match(&a, &a.clone()));
-        assert!(!secrets_match(&a, &b));
-        assert!(!secrets_match(&a, &a[..31]));
-    }
+/// Reads `outer/lease.json` if this daemon's user wrote it.
+pub fn read_in(layout: &crate::host::layout::Layout, outer: BorrowedFd<'_>) -> Option<LeaseMeta> {
+    read_written_by(outer, layout.owner.0)
 }

@@ -41,9 +41,27 @@ pub fn move_to_trash(
 ) -> Result<String, ReleaseError> {
     let step = |step| move |source| ReleaseError { step, source };
     let outer = openat(from, name, DIR_OPEN, Mode::empty()).map_err(step("open outer"))?;
-    fchmod(&outer, Mode::empty()).map_err(step("fchmod 0000"))?;
-    drop(outer);
+    let was = rustix::fs::fstat(&outer)
+        .map_err(step("fstat outer"))?
+        .st_mode
+        & 0o7777;
+    fchmod(&outer, closed_mode(layout)).map_err(step("fchmod 0000"))?;
     crate::failpoint::hit("release:after-chmod");
+    let moved = rename_into_trash(layout, from, name);
+    if moved.is_err() {
+        // The lease stays where it was: open it to its owner again (the
+        // mode's group bits are the ACL mask that lets the owner in).
+        let _ = fchmod(&outer, Mode::from_raw_mode(was));
+    }
+    moved
+}
+
+fn rename_into_trash(
+    layout: &Layout,
+    from: BorrowedFd<'_>,
+    name: &CStr,
+) -> Result<String, ReleaseError> {
+    let step = |step| move |source| ReleaseError { step, source };
     let base = name.to_string_lossy().into_owned();
     // A name can already be in trash only after a crash mid-reap of a tree
     // with the same name (`.new-*` leftovers); never replace it.
@@ -69,6 +87,19 @@ pub fn move_to_trash(
         }
     }
     Err(step("renameat2 into trash")(Errno::EXIST))
+}
+
+/// The mode that closes an outer directory to everyone but the daemon:
+/// 0000 (root needs no permission bits). A daemon that is not root (the
+/// in-process tests) keeps 0700 for itself, which closes the directory to
+/// everyone else just as well: it is the daemon's, and 0700 clears the ACL
+/// mask, and with it the owner's entry.
+fn closed_mode(layout: &Layout) -> Mode {
+    if layout.owner.0 == 0 {
+        Mode::empty()
+    } else {
+        Mode::RWXU
+    }
 }
 
 /// Moves `b/<id>` into the kept area.

@@ -22,7 +22,8 @@ use crate::lease::id::LeaseId;
 use crate::lease::table::{Daemon, LeaseRecord};
 
 /// The state of one connection. Dropping it (the peer left, an early
-/// return, a panic in a request) releases every live lease it holds.
+/// return, a panic in a request) releases every live lease it holds —
+/// except when the daemon is stopping, so a restart keeps running builds.
 #[derive(Debug)]
 pub struct Session {
     pub daemon: Arc<Daemon>,
@@ -113,6 +114,10 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if self.daemon.is_stopping() {
+            // A restart: the leases outlive this daemon (fd store, reclaim).
+            return;
+        }
         let why = if std::thread::panicking() {
             "its connection's request panicked"
         } else {

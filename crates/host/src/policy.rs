@@ -6,9 +6,8 @@
 use std::collections::HashSet;
 use std::ops::RangeInclusive;
 
-use crate::conn::peer::Peer;
-use crate::host::config::{Config, ConfigError, OwnerGrant};
-use crate::host::identity::Accounts;
+use crate::config::{Config, ConfigError, OwnerGrant};
+use crate::identity::{Accounts, Peer};
 
 /// One resolved owner grant.
 #[derive(Debug, Clone, Default)]

@@ -1,8 +1,8 @@
 //! The kernel interfaces project quotas need that neither std nor rustix
 //! wraps: `quotactl_fd(2)` and the `FS_IOC_FS{GET,SET}XATTR` ioctls.
 //!
-//! One of the three modules that opt back in to `unsafe` (with
-//! [`crate::systemd::listen_fds`] and [`crate::trim`]). Every call passes a pointer to a
+//! One of the three modules of the workspace that opt back in to `unsafe`
+//! (with `builddir_server::systemd::listen_fds` and `builddir_server::trim`). Every call passes a pointer to a
 //! local `#[repr(C)]` value whose layout is the kernel's UAPI struct, sized
 //! and checked at compile time below, and borrows the fd for the call only.
 #![allow(unsafe_code)]

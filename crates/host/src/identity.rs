@@ -107,3 +107,25 @@ mod tests {
         assert!(supplementary_groups(me, uid.wrapping_add(1)).is_none());
     }
 }
+
+/// Who is on the other end of a connection, from the kernel
+/// (`SO_PEERCRED`), never from anything the client says.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    /// 0 if the kernel did not report one (peer in another pid namespace).
+    pub pid: u32,
+    /// `/proc/PID/comm` at connect time; informational only.
+    pub command: String,
+    /// Supplementary groups at connect time (empty if unknown).
+    pub groups: Vec<u32>,
+}
+
+impl Peer {
+    /// Returns true if and only if `gid` is the peer's primary or one of
+    /// its supplementary groups.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}

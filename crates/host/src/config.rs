@@ -323,7 +323,7 @@ impl Config {
 
     /// `project_ids` as a range of ids (never project 0, the default).
     pub fn project_id_range(&self) -> Result<std::ops::RangeInclusive<u32>, ConfigError> {
-        let range = crate::host::policy::id_range("project_ids", &self.project_ids)?;
+        let range = crate::policy::id_range("project_ids", &self.project_ids)?;
         if *range.start() == 0 || *range.end() == u32::MAX || range.is_empty() {
             return Err(ConfigError::Value(format!(
                 "project_ids = {:?}: must be a non-empty range that excludes 0 and 4294967295, like \"1000000-1999999\"",

@@ -15,7 +15,7 @@ use rustix::mount::{
     mount, mount_bind, mount_change, mount_remount, MountFlags, MountPropagationFlags,
 };
 
-use crate::host::config::Backing;
+use crate::config::Backing;
 
 /// Why the root cannot be served. Every message names the cause and the fix.
 #[derive(Debug, thiserror::Error)]
