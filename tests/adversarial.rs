@@ -1014,3 +1014,74 @@ fn retention_vs_one_users_many_keeps_never_evicts_another_users_tree() {
         d.log_text()
     );
 }
+
+#[test]
+fn a_quarantined_tree_counts_against_its_user_until_an_operator_retries_it() {
+    if !require_root("quarantine_counts") {
+        return;
+    }
+    let d = Daemon::start_with(
+        "quarantine-counts",
+        DaemonOpts {
+            config: Some("max_leases_per_uid = 1\n".into()),
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "hold", 0, 0.0);
+    let spool = attack.path.join("spool");
+    let id = attack.id.clone();
+    assert!(Command::new("mount")
+        .arg("--bind")
+        .arg(canary.dir.join("dir"))
+        .arg(&spool)
+        .status()
+        .unwrap()
+        .success());
+    attack.go();
+    attack.finish("quarantine-counts");
+    assert!(
+        eventually(Duration::from_secs(10), || status_json(&d)["leases"]
+            ["quarantined"]
+            == 1),
+        "{}",
+        d.log_text()
+    );
+    // The tree that cannot be deleted still takes its user's only place.
+    let refused = Probe::start(&d.socket, USER_A, "next");
+    assert_eq!(
+        refused.report["kind"], "quota-exceeded",
+        "{}",
+        refused.report
+    );
+    drop(refused);
+    // Another user's status does not show this user's reap error (it names
+    // the lease and files in its tree); an operator's does.
+    let out = d
+        .ctl_cmd(&["--json", "status"])
+        .uid(USER_B.uid)
+        .gid(USER_B.gid)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(theirs["last_reap_error"].is_null(), "{theirs}");
+    assert!(status_json(&d)["last_reap_error"].is_string());
+    // The operator clears the cause and retries, without a restart.
+    unmount_below(&d.root.join("trash"));
+    let out = d.ctl(&["remove", &id]);
+    assert!(
+        out.status.success(),
+        "remove of a quarantined tree: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || d.entries("trash").is_empty()),
+        "trash: {:?}\n{}",
+        d.entries("trash"),
+        d.log_text()
+    );
+    let again = Probe::start(&d.socket, USER_A, "again");
+    assert_eq!(again.report["exec_ok"], true, "{}", again.report);
+    canary.assert_intact("quarantine-counts");
+}

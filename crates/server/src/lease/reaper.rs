@@ -3,7 +3,8 @@
 //! Each tree in trash is deleted by [`crate::tree::remove::remove_tree`] on the
 //! blocking pool, at most `reap_concurrency` at a time, so a huge reap never
 //! delays allocations on the async workers. A tree that cannot be fully
-//! deleted stays in trash, marked quarantined, and is retried at the next
+//! deleted stays in trash, marked quarantined (still counted against its
+//! requester's lease limits), and is retried by an operator's `remove` or at the next
 //! start (trash is rescanned then).
 
 use std::ffi::CString;
@@ -128,7 +129,7 @@ fn finish(
         restarts = report.restarts,
         first_error = first,
         elapsed_ms,
-        "tree left in quarantine; it is retried at the next start"
+        "tree left in quarantine; it is retried at the next start, or now by an operator's `builddir-ctl remove ID`"
     );
 }
 

@@ -58,6 +58,16 @@ impl Session {
                     ))
                 }
             }
+            // An operator's retry, without a restart (the builder may have
+            // stopped, the mount inside may be gone).
+            LeaseState::Quarantined => match self.daemon.table.retry_reap(record.id) {
+                Ok(trash) => {
+                    tracing::info!(lease_id = %record.id, uid = self.peer.uid, trash, "quarantined tree: reap retried");
+                    crate::lease::reaper::spawn(self.daemon.clone(), trash, Some(record.id));
+                    Ok(())
+                }
+                Err(e) => Err(ErrorReply::new(ErrorKind::NotFound, e.to_string())),
+            },
             state => Err(ErrorReply::new(
                 ErrorKind::NotFound,
                 format!("lease {id} is {state} already"),
