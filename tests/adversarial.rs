@@ -1085,3 +1085,53 @@ fn a_quarantined_tree_counts_against_its_user_until_an_operator_retries_it() {
     assert_eq!(again.report["exec_ok"], true, "{}", again.report);
     canary.assert_intact("quarantine-counts");
 }
+
+#[test]
+fn size_walk_flood_from_one_uid_neither_exhausts_fds_nor_stalls_another_users_allocations() {
+    if !require_root("size_walk_flood") {
+        return;
+    }
+    let d = Daemon::start("walk-flood");
+    let canary = Canary::new(&d);
+    // 300 levels: each walk of it used to hold one fd per level.
+    let mut attack = Attack::start(&d, &canary, USER_A, "deep", 300, 0.0);
+    let fds_before = d.fd_count();
+    let flood: Vec<Child> = (0..48)
+        .map(|_| {
+            d.ctl_cmd(&["--json", "list", "--size"])
+                .uid(USER_A.uid)
+                .gid(USER_A.gid)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut most_fds = 0;
+    for i in 0..10 {
+        let t0 = Instant::now();
+        let p = Probe::start(&d.socket, USER_B, &format!("bystander-{i}"));
+        let took = t0.elapsed();
+        assert_eq!(p.report["exec_ok"], true, "bystander {i}: {}", p.report);
+        assert!(
+            took < Duration::from_secs(10),
+            "bystander {i} took {took:?}"
+        );
+        most_fds = most_fds.max(d.fd_count());
+    }
+    for mut c in flood {
+        let status = builddir_tests::wait_timeout(&mut c, Duration::from_secs(120))
+            .expect("a size listing ended");
+        assert!(status.success(), "list --size failed: {status}");
+    }
+    // Four walks of at most 16 fds each, plus connections: nowhere near
+    // 48 walks × 300 levels.
+    eprintln!("daemon fds: {fds_before} before, at most {most_fds} during the flood");
+    assert!(
+        most_fds < fds_before + 48 + 200,
+        "the size walks held {most_fds} fds (before: {fds_before})"
+    );
+    attack.go();
+    attack.finish("walk-flood");
+    canary.assert_intact("walk-flood");
+}

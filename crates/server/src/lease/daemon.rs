@@ -97,6 +97,8 @@ pub struct Daemon {
     pub trimmer: crate::trim::Trimmer,
     /// Failed reclaims per uid (rate limit and one log line per window).
     pub reclaim_failures: crate::conn::failures::FailureWindows,
+    /// Places for size walks (a bounded pool with a per-uid share).
+    pub walks: crate::lease::walks::WalkPool,
 }
 
 impl Daemon {
@@ -120,6 +122,7 @@ impl Daemon {
                 std::time::Duration::from_secs(60),
                 RECLAIM_FAILURES_PER_MINUTE,
             ),
+            walks: crate::lease::walks::WalkPool::default(),
         }
     }
 

@@ -49,12 +49,17 @@ pub async fn enforce(daemon: &Arc<Daemon>) {
         .ids(|r| *r.phase() == Phase::Kept && r.size_bytes.is_none());
     for id in unsized_ids {
         let d = daemon.clone();
-        let walked = tokio::task::spawn_blocking(move || {
-            crate::lease::size::tree_walk(&d, id, LeaseState::Kept)
-        })
-        .await
-        .ok()
-        .flatten();
+        // On the walk pool, as root's share: waits only for its own
+        // earlier walks; with the pool full, measured at the next tick.
+        let Some(walked) = daemon
+            .walks
+            .run(0, Duration::from_secs(60), move || {
+                crate::lease::size::tree_walk(&d, id, LeaseState::Kept)
+            })
+            .await
+        else {
+            continue;
+        };
         match walked {
             Some(report) if report.complete() => daemon.table.measured(id, report.bytes),
             Some(report) => {
