@@ -11,7 +11,6 @@
 //! its own uid's earlier walks.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,22 +72,20 @@ impl WalkPool {
 
     /// Runs the blocking `walk` in a place for `uid`, or returns `None` at
     /// once if there is none (see [`WalkPool::place`]).
-    pub fn run<T: Send + 'static>(
+    pub async fn run<T: Send + 'static>(
         &self,
         uid: u32,
         patience: Duration,
         walk: impl FnOnce() -> T + Send + 'static,
-    ) -> impl Future<Output = Option<T>> + '_ {
-        async move {
-            let place = self.place(uid, patience).await?;
-            tokio::task::spawn_blocking(move || {
-                let out = walk();
-                drop(place);
-                out
-            })
-            .await
-            .ok()
-        }
+    ) -> Option<T> {
+        let place = self.place(uid, patience).await?;
+        tokio::task::spawn_blocking(move || {
+            let out = walk();
+            drop(place);
+            out
+        })
+        .await
+        .ok()
     }
 }
 
