@@ -1093,9 +1093,24 @@ fn size_walk_flood_from_one_uid_neither_exhausts_fds_nor_stalls_another_users_al
     }
     let d = Daemon::start("walk-flood");
     let canary = Canary::new(&d);
-    // 300 levels: each walk of it used to hold one fd per level.
-    let mut attack = Attack::start(&d, &canary, USER_A, "deep", 300, 0.0);
+    // 250 levels over 20 000 files: a walk that keeps one fd per level
+    // holds 250 fds while it reads the bottom.
+    let mut attack = Attack::start(&d, &canary, USER_A, "deep-wide", 250, 0.0);
     let fds_before = d.fd_count();
+    // The daemon's fds, sampled all along the flood.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, fd_dir) = (stop.clone(), format!("/proc/{}/fd", d.pid()));
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(dir) = std::fs::read_dir(&fd_dir) {
+                    most = most.max(dir.count());
+                }
+            }
+            most
+        })
+    };
     let flood: Vec<Child> = (0..48)
         .map(|_| {
             d.ctl_cmd(&["--json", "list", "--size"])

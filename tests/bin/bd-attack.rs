@@ -294,6 +294,17 @@ fn main() {
             .unwrap();
             fchmod(&f, Mode::from_raw_mode(0o6755)).unwrap();
         }
+        "deep-wide" => {
+            // N levels, then 20 000 files at the bottom: a walk that keeps
+            // one fd per level holds N fds for as long as it reads them.
+            let mut cur = mkdir_open(d, "d", 0o755);
+            for _ in 1..n {
+                cur = mkdir_open(cur.as_fd(), "d", 0o755);
+            }
+            for i in 0..20_000 {
+                touch(cur.as_fd(), format!("f{i}"), b"");
+            }
+        }
         "move-ancestors" => {
             // N pairs `pK`, `qK`; `pK/m` holds a chain deeper than the
             // reaper's fd budget, so the reaper closes `pK` while inside it
