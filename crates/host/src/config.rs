@@ -136,6 +136,10 @@ pub struct Config {
     pub lease_inodes_default: u64,
     /// Sized leases: the most inodes a client may ask for.
     pub lease_inodes_max: u64,
+    /// `tmpfs` leases: the most bytes all of them together may be sized at
+    /// (their memory), kept trees and trees not yet deleted included. 0:
+    /// half of the host's RAM.
+    pub tmpfs_leases_max_total: u64,
     /// `project-quota` leases: the project ids the daemon owns on the root
     /// filesystem ("first-last"); nothing else may use them.
     pub project_ids: String,
@@ -186,6 +190,7 @@ impl Default for Config {
             lease_backend: LeaseBackend::Dir,
             lease_size_default: 4 << 30,
             lease_size_max: 64 << 30,
+            tmpfs_leases_max_total: 0,
             lease_inodes_default: 1_000_000,
             lease_inodes_max: 10_000_000,
             project_ids: "1000000-1999999".to_owned(),

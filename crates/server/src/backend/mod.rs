@@ -13,6 +13,7 @@ pub mod project;
 /// The quota system calls (they live with the host facts).
 pub use builddir_host::quota_sys as project_sys;
 pub mod tmpfs;
+pub mod tmpfs_budget;
 
 use std::collections::HashSet;
 use std::ffi::CStr;

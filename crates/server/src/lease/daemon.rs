@@ -99,11 +99,14 @@ pub struct Daemon {
     pub reclaim_failures: crate::conn::failures::FailureWindows,
     /// Places for size walks (a bounded pool with a per-uid share).
     pub walks: crate::lease::walks::WalkPool,
+    /// The total memory of tmpfs leases.
+    pub tmpfs_budget: crate::backend::tmpfs_budget::TmpfsBudget,
 }
 
 impl Daemon {
     pub fn new(config: Config, layout: Layout, policy: Policy, backend: Backend) -> Daemon {
         let config_reap = config.reap_concurrency;
+        let tmpfs_total = config.tmpfs_leases_max_total;
         Daemon {
             config,
             layout,
@@ -123,6 +126,7 @@ impl Daemon {
                 RECLAIM_FAILURES_PER_MINUTE,
             ),
             walks: crate::lease::walks::WalkPool::default(),
+            tmpfs_budget: crate::backend::tmpfs_budget::TmpfsBudget::new(tmpfs_total),
         }
     }
 

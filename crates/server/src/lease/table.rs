@@ -315,6 +315,16 @@ impl LeaseTable {
         self.lock().live_counts(uid)
     }
 
+    /// The sum of the size limits of every lease in the table, whatever
+    /// its state (a tmpfs lease holds its memory until it is gone).
+    pub fn limit_bytes_total(&self) -> u64 {
+        self.lock()
+            .leases
+            .values()
+            .filter_map(|r| r.limit_bytes)
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Leases by state: (live, kept, reaping, quarantined).
     pub fn state_counts(&self) -> [u64; 4] {
         let mut n = [0u64; 4];
