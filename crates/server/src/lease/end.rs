@@ -133,13 +133,13 @@ pub async fn keep(
         .map_err(|e| internal("read lease.json", &e))?;
     meta.hand_over = Some(intent);
     registry::rewrite(outer.as_fd(), &meta).map_err(|e| internal("record the keep", &e))?;
-    crate::systemd::fdstore::forget(&daemon.config, id);
     if let Err(e) = to_kept(layout, id) {
         meta.hand_over = None;
         let _ = registry::rewrite(outer.as_fd(), &meta);
         return Err(internal("move into the kept area", &e));
     }
     claim.moved_to_kept();
+    crate::systemd::fdstore::forget(&daemon.config, id);
     crate::failpoint::hit("keep:after-rename");
     Counters::bump(&daemon.counters.releases);
     let path = layout.kept_path(id);

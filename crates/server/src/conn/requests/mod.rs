@@ -57,12 +57,16 @@ impl Session {
         // A refused reclaim logs itself, once per window per uid.
         let logs_itself = matches!(request, Request::Reclaim { .. });
         let reply = match request {
-            Request::Allocate { name, owner, limit } => self.allocate(name, owner, limit).await,
-            Request::Release { id, keep } => self.release(&id, keep).await,
-            Request::List { all, size } => self.list(all, size).await,
+            // Boxed: an idle connection's task then holds a pointer, not
+            // the largest request's state (10 000 connections × its size).
+            Request::Allocate { name, owner, limit } => {
+                Box::pin(self.allocate(name, owner, limit)).await
+            }
+            Request::Release { id, keep } => Box::pin(self.release(&id, keep)).await,
+            Request::List { all, size } => Box::pin(self.list(all, size)).await,
             Request::Status => self.status(),
             Request::Remove { id } => self.remove(&id),
-            Request::Gc { older_than_secs } => self.gc(older_than_secs).await,
+            Request::Gc { older_than_secs } => Box::pin(self.gc(older_than_secs)).await,
             Request::Reclaim { id, secret } => self.reclaim(&id, &secret),
             Request::Metrics => (
                 Response::Metrics {
