@@ -145,13 +145,20 @@ pub async fn keep(
     let path = layout.kept_path(id);
     tracing::info!(lease_id = %id, uid = by.uid, pid = by.pid, path = %path.display(), why = by.why, "kept");
     let d = daemon.clone();
-    let done = tokio::task::spawn_blocking(move || finish_hand_over(&d, id, meta))
-        .await
-        .unwrap_or_else(|e| {
-            Err(NotHandedOver::Failed(format!(
-                "the hand-over task failed: {e}"
-            )))
-        });
+    // One hand-over at a time per requester: its many keeps queue behind
+    // each other, never in front of another user's.
+    let place = daemon.walks.hand_over_place(to_uid).await;
+    let done = tokio::task::spawn_blocking(move || {
+        let done = finish_hand_over(&d, id, meta);
+        drop(place);
+        done
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(NotHandedOver::Failed(format!(
+            "the hand-over task failed: {e}"
+        )))
+    });
     let kept_at = SystemTime::now();
     let not_handed_over = match done {
         Ok(bytes) => {

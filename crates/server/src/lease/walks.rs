@@ -9,6 +9,10 @@
 //! place held by another user's walk: if the pool is full, it is answered
 //! without sizes (unknown) at once. It waits, for a bounded time, only for
 //! its own uid's earlier walks.
+//!
+//! Hand-overs (a keep) are not refused for a full pool: each requesting uid
+//! runs one at a time ([`WalkPool::hand_over_place`]), so one uid's many
+//! keeps queue behind each other, never in front of another user's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,7 @@ pub const WALKS_PER_UID: usize = 1;
 pub struct WalkPool {
     total: Arc<Semaphore>,
     per_uid: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    hand_overs: Mutex<HashMap<u32, Arc<Semaphore>>>,
 }
 
 impl Default for WalkPool {
@@ -33,8 +38,21 @@ impl Default for WalkPool {
         WalkPool {
             total: Arc::new(Semaphore::new(WALKS_TOTAL)),
             per_uid: Mutex::new(HashMap::new()),
+            hand_overs: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// The semaphore of `uid` in `map`, created with `permits` places.
+fn share_of(map: &Mutex<HashMap<u32, Arc<Semaphore>>>, uid: u32, permits: usize) -> Arc<Semaphore> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    // Drop idle uids' semaphores so the map stays small.
+    if map.len() > 1024 {
+        map.retain(|_, s| s.available_permits() < permits);
+    }
+    map.entry(uid)
+        .or_insert_with(|| Arc::new(Semaphore::new(permits)))
+        .clone()
 }
 
 /// A place in the pool, held until the walk ends (dropped on its thread).
@@ -49,16 +67,7 @@ impl WalkPool {
     /// for `uid`'s own earlier walks, never for other users'. `None`: no
     /// place (answer without the walk).
     pub async fn place(&self, uid: u32, patience: Duration) -> Option<WalkPlace> {
-        let mine = {
-            let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
-            // Drop idle uids' semaphores so the map stays small.
-            if map.len() > 1024 {
-                map.retain(|_, s| s.available_permits() < WALKS_PER_UID);
-            }
-            map.entry(uid)
-                .or_insert_with(|| Arc::new(Semaphore::new(WALKS_PER_UID)))
-                .clone()
-        };
+        let mine = share_of(&self.per_uid, uid, WALKS_PER_UID);
         let mine = tokio::time::timeout(patience, mine.acquire_owned())
             .await
             .ok()?
@@ -68,6 +77,15 @@ impl WalkPool {
             _mine: mine,
             _total: total,
         })
+    }
+
+    /// A place for one hand-over requested by `uid`: waits for `uid`'s own
+    /// earlier hand-over only. Held until the hand-over ends.
+    pub async fn hand_over_place(&self, uid: u32) -> Option<OwnedSemaphorePermit> {
+        share_of(&self.hand_overs, uid, 1)
+            .acquire_owned()
+            .await
+            .ok()
     }
 
     /// Runs the blocking `walk` in a place for `uid`, or returns `None` at
@@ -114,5 +132,21 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_secs(1));
         drop(a);
         assert!(pool.place(99, Duration::ZERO).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn hand_overs_queue_per_uid_only() {
+        let pool = WalkPool::default();
+        let first = pool.hand_over_place(1).await.expect("a place");
+        let second = tokio::time::timeout(Duration::from_millis(20), pool.hand_over_place(1));
+        assert!(
+            second.await.is_err(),
+            "the same uid's second hand-over waits"
+        );
+        // However many uid 1 has queued, another uid goes at once.
+        let other = tokio::time::timeout(Duration::from_millis(500), pool.hand_over_place(2));
+        assert!(other.await.expect("not queued").is_some());
+        drop(first);
+        assert!(pool.hand_over_place(1).await.is_some());
     }
 }
