@@ -1150,3 +1150,53 @@ fn size_walk_flood_from_one_uid_neither_exhausts_fds_nor_stalls_another_users_al
     attack.finish("walk-flood");
     canary.assert_intact("walk-flood");
 }
+
+#[test]
+fn a_tmpfs_lease_held_open_after_release_stays_counted_until_its_tmpfs_is_gone() {
+    if !require_root("tmpfs_held_after_release") {
+        return;
+    }
+    let d = Daemon::start_with(
+        "tmpfs-held",
+        DaemonOpts {
+            config: Some(
+                "lease_backend = \"tmpfs\"\nlease_size_default = 8388608\nmax_leases_per_uid = 1\n"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    // The build keeps a file open in its tmpfs for 4 s after the release.
+    let mut attack = Attack::start(&d, &canary, USER_A, "pin", 0, 4.0);
+    let id = attack.id.clone();
+    attack.go();
+    // Released, its tree deleted, but the tmpfs is alive: still listed and
+    // still its user's only place.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        d.list_all().iter().any(|r| r["id"] == id.as_str()),
+        "a tmpfs lease held open vanished from list:\n{}",
+        d.log_text()
+    );
+    let refused = Probe::start(&d.socket, USER_A, "next");
+    assert_eq!(
+        refused.report["kind"], "quota-exceeded",
+        "{}",
+        refused.report
+    );
+    drop(refused);
+    attack.finish("tmpfs-held");
+    // The holder is gone: so is the tmpfs, and the lease with it.
+    assert!(
+        eventually(Duration::from_secs(10), || !d
+            .list_all()
+            .iter()
+            .any(|r| r["id"] == id.as_str())),
+        "{}",
+        d.log_text()
+    );
+    let again = Probe::start(&d.socket, USER_A, "again");
+    assert_eq!(again.report["exec_ok"], true, "{}", again.report);
+    canary.assert_intact("tmpfs-held");
+}

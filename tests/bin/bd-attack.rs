@@ -323,6 +323,14 @@ fn main() {
         "comm" => {
             touch(d, "f", b"x");
         }
+        "pin" => {
+            // A leftover process of the build: an open file in the lease
+            // (a tmpfs lease stays alive as long as it is open).
+            touch(d, "pinned", b"p");
+            held.push(
+                openat(d, "pinned", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap(),
+            );
+        }
         "refill" | "hold" | "chmod777" => {
             if scenario == "chmod777" {
                 fchmod(d, Mode::from_raw_mode(0o777)).unwrap();
@@ -416,7 +424,7 @@ fn main() {
                 .collect();
             ops = threads.into_iter().map(|t| t.join().unwrap()).sum();
         }
-        "specials" => std::thread::sleep(Duration::from_secs_f64(secs)),
+        "specials" | "pin" => std::thread::sleep(Duration::from_secs_f64(secs)),
         _ => {}
     }
     drop(held);
