@@ -8,11 +8,14 @@
 //! ```text
 //! conn/     accept loop, listener, peer credentials, one session per
 //!           connection, one file per request (conn::requests)
-//! lease/    the lifecycle: table, create, end, trash, hand-over, retention,
-//!           reaper, registry, recovery at start, ids
+//! lease/    the lifecycle: the table (every transition), create, end
+//!           (release, keep), trash, hand-over, retention, reaper, registry,
+//!           recovery at start, ids, the owner-only outer directory
 //! backend/  how a lease's space is provided: plain dir, tmpfs, project quota
 //! tree/     bounded walks over a user's tree: size walks, safe removal
-//! host/     facts about this machine: config, policy, mount, layout, identity
+//! host/     facts about this machine: the layout of the root here; config,
+//!           policy, mount, identity re-exported from `builddir_host`
+//!           (shared with `builddir-ctl check`)
 //! systemd/  the hand-offs with PID 1: LISTEN_FDS, sd_notify, the fd store
 //! ```
 //!

@@ -1,6 +1,7 @@
-//! The lease lifecycle, and nothing else: the table of leases, creating one,
-//! ending one (trash or hand-over), retention of kept trees, the reaper, the
-//! on-disk registry and recovery at start.
+//! The lease lifecycle, and nothing else: the table of leases (the only
+//! place a lease changes state: [`table`]), the daemon's shared state,
+//! creating one, ending one (trash or hand-over), retention of kept trees,
+//! the reaper, sizes, the on-disk registry and recovery at start.
 
 pub mod create;
 pub mod daemon;
