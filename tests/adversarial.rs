@@ -1200,3 +1200,46 @@ fn a_tmpfs_lease_held_open_after_release_stays_counted_until_its_tmpfs_is_gone()
     assert_eq!(again.report["exec_ok"], true, "{}", again.report);
     canary.assert_intact("tmpfs-held");
 }
+
+#[test]
+fn sigterm_during_the_reap_of_a_huge_tree_stops_the_daemon_promptly_and_the_restart_finishes() {
+    if !require_root("sigterm_mid_reap") {
+        return;
+    }
+    let mut d = Daemon::start_with(
+        "stop-mid-reap",
+        DaemonOpts {
+            backing: "tmpfs",
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "wide", 2_000_000, 0.0);
+    attack.go();
+    attack.finish("stop-mid-reap");
+    // The reap of two million names runs on a blocking thread...
+    assert!(
+        eventually(Duration::from_secs(10), || d.log_text().contains("released")),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        !d.entries("trash").is_empty(),
+        "the reap ended before the stop; nothing to show"
+    );
+    // ...and does not hold up the stop (systemd's stop timeout would kill
+    // the daemon; a stop that waits for the reap is seconds long).
+    let t0 = Instant::now();
+    let status = d.terminate();
+    let took = t0.elapsed();
+    eprintln!("stopped in {took:?} ({status})");
+    assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
+    // Trash is rescanned at start: the tree is finished then.
+    d.spawn();
+    assert!(
+        eventually(Duration::from_secs(120), || d.entries("trash").is_empty()),
+        "trash not empty after the restart: {:?}",
+        d.entries("trash")
+    );
+    canary.assert_intact("stop-mid-reap");
+}
