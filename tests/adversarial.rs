@@ -1219,7 +1219,9 @@ fn sigterm_during_the_reap_of_a_huge_tree_stops_the_daemon_promptly_and_the_rest
     attack.finish("stop-mid-reap");
     // The reap of two million names runs on a blocking thread...
     assert!(
-        eventually(Duration::from_secs(10), || d.log_text().contains("released")),
+        eventually(Duration::from_secs(10), || d
+            .log_text()
+            .contains("released")),
         "{}",
         d.log_text()
     );
