@@ -522,3 +522,36 @@ fn a_failed_release_leaves_the_lease_bound_to_its_connection() {
         d.log_text()
     );
 }
+
+/// A kept tree's age counts from when it was kept, across restarts: on a
+/// host that restarts more often than `kept_max_age_secs`, retention by age
+/// still removes old kept trees.
+#[test]
+fn retention_by_age_survives_restarts() {
+    if !require_root("retention_by_age_survives_restarts") {
+        return;
+    }
+    let mut d = with_config("kept-age", "kept_max_age_secs = 3\n");
+    let out = d
+        .ctl_cmd(&["run", "--keep-failed", "--", "false"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let kept = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(std::path::Path::new(&kept).exists(), "{kept}");
+    d.terminate();
+    std::thread::sleep(Duration::from_secs(4));
+    d.spawn();
+    assert!(
+        eventually(Duration::from_secs(10), || !std::path::Path::new(&kept)
+            .exists()),
+        "a kept tree older than kept_max_age_secs survived a restart: {:?}\n{}",
+        d.list_all(),
+        d.log_text()
+    );
+}

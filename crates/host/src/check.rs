@@ -234,3 +234,23 @@ fn quota(config: &Config, root: &mount::VerifiedRoot) -> Finding {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_splits_into_its_cause_and_its_fix() {
+        let e = mount::MountError::Shared { path: "/r".into() };
+        let f = Finding::from_error("mount", &e, "unused");
+        assert!(!f.ok);
+        assert_eq!(f.detail, "root /r has shared mount propagation");
+        assert_eq!(f.fix.as_deref(), Some("run `mount --make-private /r`"));
+        assert_eq!(
+            f.line(),
+            "FAIL  mount    root /r has shared mount propagation — fix: run `mount --make-private /r`"
+        );
+        let plain = Finding::from_error("root", &"no such thing", "create it");
+        assert_eq!(plain.fix.as_deref(), Some("create it"));
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod config;
+pub mod id;
 pub mod identity;
 pub mod mount;
 pub mod paths;

@@ -26,6 +26,8 @@ pub mod backend;
 pub mod conn;
 pub mod failpoint;
 pub mod host;
+#[cfg(test)]
+mod in_process;
 pub mod lease;
 pub mod logging;
 pub mod metrics;

@@ -182,8 +182,9 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         // Handlers first: a SIGTERM right after READY=1 must stop us
         // cleanly, not kill us by the default action.
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-        notify::ready(&daemon);
-        notify::spawn_heartbeat(daemon.clone());
+        notify::ready(&daemon.status_line());
+        let beat = daemon.clone();
+        notify::spawn_heartbeat(move || beat.status_line());
         builddir_server::lease::retention::spawn_periodic(daemon.clone());
         // The accept loop runs as a task on a worker, not on this thread:
         // each new connection's task then starts on the same worker (tokio's

@@ -20,7 +20,7 @@ use rustix::fs::{fchmod, fchown, fstat, mkdirat, openat, Gid, Mode, Uid};
 use rustix::io::Errno;
 
 use crate::host::mount::VerifiedRoot;
-use crate::lease::id::LeaseId;
+use builddir_host::id::LeaseId;
 
 pub use builddir_host::paths::{BUILD, DIR_OPEN, KEPT, LEASES, TRASH};
 

@@ -146,6 +146,15 @@ impl Daemon {
         self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// One line for `systemctl status`.
+    pub fn status_line(&self) -> String {
+        let [live, kept, reaping, quarantined] = self.table.state_counts();
+        format!(
+            "{live} live, {kept} kept, {reaping} reaping, {quarantined} quarantined, {} connections",
+            self.connection_count()
+        )
+    }
+
     /// The lease-count limits of the config.
     pub fn limits(&self) -> Limits {
         Limits {

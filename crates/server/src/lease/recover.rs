@@ -19,7 +19,7 @@ use builddir_proto::LeaseState;
 use rustix::fs::{flock, openat, statx, AtFlags, Dir, FlockOperation, Mode, StatxFlags};
 use rustix::io::Errno;
 
-use crate::conn::peer::Peer;
+use crate::host::identity::Peer;
 use crate::host::layout::{Layout, BUILD, DIR_OPEN};
 use crate::lease::id::LeaseId;
 use crate::lease::registry;

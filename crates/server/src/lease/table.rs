@@ -30,7 +30,7 @@ use std::time::SystemTime;
 
 use builddir_proto::LeaseState;
 
-use crate::conn::peer::Peer;
+use crate::host::identity::Peer;
 use crate::lease::id::LeaseId;
 
 pub use crate::lease::daemon::{ConnSlot, Counters, Daemon, ERROR_KINDS};

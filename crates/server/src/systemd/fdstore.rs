@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use sd_notify::NotifyState;
 
 use crate::host::config::Config;
-use crate::lease::id::LeaseId;
+use builddir_host::id::LeaseId;
 
 /// `FDNAME` of a stored lease connection.
 pub fn name_of(id: LeaseId) -> String {

@@ -12,7 +12,7 @@ use std::os::unix::net::UnixListener;
 use rustix::net::sockopt::{socket_acceptconn, socket_type};
 use rustix::net::{getsockname, SocketAddrAny, SocketType};
 
-use crate::lease::id::LeaseId;
+use builddir_host::id::LeaseId;
 
 /// What systemd handed over at start.
 #[derive(Debug, Default)]

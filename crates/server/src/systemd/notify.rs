@@ -1,12 +1,9 @@
 //! `sd_notify`: READY, STATUS, WATCHDOG, STOPPING. Every call is a no-op
 //! when `NOTIFY_SOCKET` is unset (run by hand).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-
-use crate::lease::table::Daemon;
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -14,19 +11,10 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
-/// One line for `systemctl status`.
-pub fn status_line(daemon: &Daemon) -> String {
-    let [live, kept, reaping, quarantined] = daemon.table.state_counts();
-    format!(
-        "{live} live, {kept} kept, {reaping} reaping, {quarantined} quarantined, {} connections",
-        daemon.connection_count()
-    )
-}
-
-/// Tells the service manager we serve (call only after the mount is verified).
-pub fn ready(daemon: &Daemon) {
-    let status = status_line(daemon);
-    send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+/// Tells the service manager we serve (call only after the mount is
+/// verified), with `status` for `systemctl status`.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 pub fn stopping() {
@@ -34,9 +22,10 @@ pub fn stopping() {
 }
 
 /// Sends `WATCHDOG=1` at half the interval if the manager asked for it, and
-/// refreshes `STATUS=` when the counts change. The watchdog ping runs on the
-/// async workers, so a wedged runtime stops it — which is the point.
-pub fn spawn_heartbeat(daemon: Arc<Daemon>) {
+/// refreshes `STATUS=` (what `status_line` says) when it changes. The
+/// watchdog ping runs on the async workers, so a wedged runtime stops it —
+/// which is the point.
+pub fn spawn_heartbeat(status_line: impl Fn() -> String + Send + 'static) {
     let watchdog = sd_notify::watchdog_enabled();
     let period = watchdog.map_or(Duration::from_secs(2), |w| {
         (w / 2).min(Duration::from_secs(2))
@@ -46,7 +35,7 @@ pub fn spawn_heartbeat(daemon: Arc<Daemon>) {
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            let status = status_line(&daemon);
+            let status = status_line();
             let mut states = Vec::with_capacity(2);
             if watchdog.is_some() {
                 states.push(NotifyState::Watchdog);

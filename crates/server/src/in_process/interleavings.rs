@@ -4,17 +4,15 @@
 //! the one a model of the requests predicts, and never more live leases
 //! than the limits allow.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use super::support::{daemon, my_peer, quiet, TempRoot};
+use crate::conn::requests::Session;
+use crate::lease::id::LeaseId;
+use crate::lease::table::{Daemon, Phase};
 use builddir_proto::{ErrorKind, Request, Response};
-use builddir_server::conn::requests::Session;
-use builddir_server::lease::id::LeaseId;
-use builddir_server::lease::table::{Daemon, Phase};
 use proptest::prelude::*;
-use support::{daemon, my_peer, quiet, TempRoot};
 
 const CONFIG: &str =
     "max_leases = 4\nmax_leases_per_uid = 3\nkept_max_count = 0\nkept_max_age_secs = 0\nreclaim_grace_secs = 3600\n";
@@ -155,7 +153,7 @@ async fn apply(w: &mut World, m: &mut Model, op: &Op) {
                 std::mem::forget(s);
             }
             w.daemon = daemon(&w.tmp, CONFIG);
-            builddir_server::lease::recover::recover(&w.daemon, Vec::new());
+            crate::lease::recover::recover(&w.daemon, Vec::new());
             w.sessions = (0..CONNS).map(|_| World::session(&w.daemon)).collect();
             w.allocated = vec![Vec::new(); CONNS];
             for held in m.live.values_mut() {

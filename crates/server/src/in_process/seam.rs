@@ -1,16 +1,14 @@
-//! The daemon in-process through its library seam (`builddir_server::run`):
+//! The daemon in-process through its library seam (`crate::run`):
 //! real sockets, real directories, no root.
-
-mod support;
 
 use std::time::Duration;
 
+use super::support::{daemon, eventually, me, my_peer, quiet, TempRoot};
+use crate::conn::requests::Session;
+use crate::lease::end::spawn_grace_expiry;
+use crate::lease::registry::LeaseMeta;
+use crate::lease::table::{LeaseRecord, Restored};
 use builddir_proto::{ErrorKind, Request, Response};
-use builddir_server::conn::requests::Session;
-use builddir_server::lease::end::spawn_grace_expiry;
-use builddir_server::lease::registry::LeaseMeta;
-use builddir_server::lease::table::{LeaseRecord, Restored};
-use support::{daemon, eventually, me, my_peer, quiet, TempRoot};
 
 const NO_RETENTION: &str = "kept_max_count = 0\nkept_max_age_secs = 0\n";
 
@@ -20,7 +18,7 @@ async fn a_client_allocates_releases_and_disconnects_through_run() {
     let d = daemon(&tmp, NO_RETENTION);
     let listener = tokio::net::UnixListener::bind(tmp.socket()).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(builddir_server::run(d.clone(), listener, async {
+    let server = tokio::spawn(crate::run(d.clone(), listener, async {
         let _ = stopped.await;
     }));
 
@@ -91,11 +89,11 @@ async fn a_stored_connection_that_cannot_be_served_leaves_its_leases_reclaimable
     );
     // A lease found on disk at start, its connection handed back by systemd.
     let (uid, gid) = me();
-    let new = builddir_server::lease::create::allocate(
+    let new = crate::lease::create::allocate(
         &d.layout,
         uid,
         gid,
-        &builddir_server::backend::Sizing::Unbounded,
+        &crate::backend::Sizing::Unbounded,
         |id| LeaseMeta {
             id: id.to_string(),
             name: "running".into(),
@@ -120,7 +118,7 @@ async fn a_stored_connection_that_cannot_be_served_leaves_its_leases_reclaimable
     let slot = d.enter_connection(uid).unwrap();
     let (stored, _client) = tokio::net::UnixStream::pair().unwrap();
     let conn = d.next_conn_id();
-    builddir_server::conn::session::resume(d.clone(), stored, conn, vec![new.id]).await;
+    crate::conn::session::resume(d.clone(), stored, conn, vec![new.id]).await;
     assert!(d.table.held_by(conn).is_empty());
     assert_eq!(
         d.table.detached(),
@@ -181,7 +179,7 @@ fn a_stopping_daemon_keeps_the_leases_of_connections_still_open() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let lease = rt.block_on(async {
         let listener = tokio::net::UnixListener::bind(tmp.socket()).unwrap();
-        let server = tokio::spawn(builddir_server::run(d.clone(), listener, async {
+        let server = tokio::spawn(crate::run(d.clone(), listener, async {
             let _ = stopped.await;
         }));
         let lease = builddir_client::Client::connect(tmp.socket())

@@ -1,13 +1,11 @@
 //! Reclaim after a restart: only the lease's requester (or root) may take a
 //! lease over, whatever secret it shows. In-process, without root.
 
-mod support;
-
+use super::support::{daemon, my_peer, TempRoot};
+use crate::conn::requests::Session;
+use crate::lease::id::LeaseId;
+use crate::lease::table::{LeaseRecord, Restored};
 use builddir_proto::{ErrorKind, Request, Response};
-use builddir_server::conn::requests::Session;
-use builddir_server::lease::id::LeaseId;
-use builddir_server::lease::table::{LeaseRecord, Restored};
-use support::{daemon, my_peer, TempRoot};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_requester_may_reclaim_even_with_the_right_secret() {

@@ -1,22 +1,20 @@
 //! A whole daemon in-process, on a temporary directory of the test's own
 //! user: no root, no mount, no systemd.
 
-#![allow(dead_code)] // each test file uses part of it
-
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use builddir_server::backend::Backend;
-use builddir_server::conn::peer::Peer;
-use builddir_server::host::config::Config;
-use builddir_server::host::identity::Accounts;
-use builddir_server::host::layout::{Layout, DIR_OPEN};
-use builddir_server::host::mount::VerifiedRoot;
-use builddir_server::host::policy::Policy;
-use builddir_server::lease::table::{Daemon, Phase};
+use crate::backend::Backend;
+use crate::conn::peer::Peer;
+use crate::host::config::Config;
+use crate::host::identity::Accounts;
+use crate::host::layout::{Layout, DIR_OPEN};
+use crate::host::mount::VerifiedRoot;
+use crate::host::policy::Policy;
+use crate::lease::table::{Daemon, Phase};
 
 /// A temporary directory removed on drop.
 #[derive(Debug)]
