@@ -195,6 +195,57 @@ pub fn secrets_match(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    fn meta() -> LeaseMeta {
+        LeaseMeta {
+            id: "0123456789abcdef".into(),
+            name: "build".into(),
+            owner_uid: 61105,
+            owner_gid: 61100,
+            peer_uid: 1000,
+            peer_gid: 1000,
+            peer_pid: 7,
+            peer_command: "nix-daemon".into(),
+            created_unix: 1_700_000_000,
+            secret: "s".into(),
+            limit_bytes: None,
+            project_id: None,
+            kept_unix: None,
+            hand_over: None,
+        }
+    }
+
+    #[test]
+    fn a_record_is_replaced_whole_and_read_back_only_from_its_writer() {
+        let dir = std::env::temp_dir().join(format!("bd-registry-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let outer = rustix::fs::open(&dir, crate::paths::DIR_OPEN, Mode::empty()).unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let mut m = meta();
+        write(outer.as_fd(), &m).unwrap();
+        assert!(write(outer.as_fd(), &m).is_err(), "write never replaces");
+        m.hand_over = Some(PendingHandOver {
+            from_uid: 61105,
+            to_uid: 1000,
+            to_gid: 1000,
+        });
+        rewrite(outer.as_fd(), &m).unwrap();
+        assert_eq!(read_written_by(outer.as_fd(), me), Some(m.clone()));
+        m.hand_over = None;
+        m.owner_uid = 1000;
+        m.kept_unix = Some(1_700_000_100);
+        rewrite(outer.as_fd(), &m).unwrap();
+        assert_eq!(read_written_by(outer.as_fd(), me), Some(m));
+        assert!(!dir.join(META_NEW).exists(), "no half-written record left");
+        assert_eq!(read_written_by(outer.as_fd(), me.wrapping_add(1)), None);
+        // A record from before these fields existed still reads.
+        let old = r#"{"id":"0123456789abcdef","name":"n","owner_uid":1,"owner_gid":1,"peer_uid":1,"peer_gid":1,"peer_pid":1,"peer_command":"","created_unix":5,"secret":""}"#;
+        let parsed: LeaseMeta = serde_json::from_str(old).unwrap();
+        assert_eq!((parsed.kept_unix, parsed.hand_over), (None, None));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn secrets_are_long_random_and_compared_exactly() {
