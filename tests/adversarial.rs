@@ -71,15 +71,25 @@ impl Canary {
     }
 
     fn assert_intact(&self, case: &str) {
-        assert_eq!(self.take(), self.snapshot, "{case}: the canary changed");
+        self.assert_unchanged(case);
         let nlink = std::fs::metadata(self.dir.join("file")).unwrap().nlink();
         assert_eq!(nlink, 1, "{case}: a hard link to the canary survived");
+    }
+
+    /// Content, mode and owner as they were. (A hard link from a tree not
+    /// reaped yet may still exist: [`Canary::assert_intact`] checks that
+    /// once the tree is gone.)
+    fn assert_unchanged(&self, case: &str) {
+        assert_eq!(self.take(), self.snapshot, "{case}: the canary changed");
     }
 }
 
 /// A running `bd-attack`.
 struct Attack {
     child: Child,
+    /// The attacker's stdout, read line by line (one reader for all lines:
+    /// a second reader would lose what the first buffered).
+    out: BufReader<std::process::ChildStdout>,
     id: String,
     path: PathBuf,
 }
@@ -100,14 +110,14 @@ impl Attack {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("{scenario} setup: {line:?} {e}"));
         Attack {
             child,
+            out,
             id: v["id"].as_str().unwrap().to_owned(),
             path: PathBuf::from(v["path"].as_str().unwrap()),
         }
@@ -121,6 +131,20 @@ impl Attack {
             .unwrap()
             .write_all(b"go\n")
             .unwrap();
+    }
+
+    /// Sends one line to the attacker ("go", "keep").
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+    }
+
+    /// Reads the attacker's next JSON line.
+    fn read_json(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("attacker said {line:?}: {e}"))
     }
 
     /// Waits for the attacker to finish; it must exit 0 (a SIGIO from a
@@ -183,7 +207,8 @@ fn tree_attack(
     let mut attack = Attack::start(&d, &canary, USER_A, scenario, n, secs);
     attack.go();
     attack.finish(scenario);
-    canary.assert_intact(scenario);
+    // The reap may still run (under load it outlasts the attacker).
+    canary.assert_unchanged(scenario);
     assert_eventually_clean(&mut d, scenario);
     canary.assert_intact(scenario);
     (d, canary)
@@ -660,4 +685,572 @@ fn kill9_of_the_daemon_mid_reap_then_restart_finishes_the_reap() {
         "x"
     );
     canary.assert_intact("mid-reap");
+}
+
+/// Allocated bytes below `top` (not counting `top`), as the size walk
+/// counts them; the tree must hold no hard links.
+fn du(top: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// `list --all --size --json` as root, timed.
+fn sized_rows(d: &Daemon) -> (Vec<serde_json::Value>, Duration) {
+    let t0 = Instant::now();
+    let out = d.ctl(&["--json", "list", "--all", "--size"]);
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "list --size failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    (rows.as_array().cloned().unwrap(), took)
+}
+
+#[test]
+fn size_walk_vs_a_subtree_moved_ahead_of_the_walker_on_every_open() {
+    if !require_root("size_walk_vs_mover") {
+        return;
+    }
+    let mut d = Daemon::start("mover-size");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "mover", 0, 0.0);
+    let real = du(&attack.path);
+    attack.send("arm");
+    assert_eq!(attack.read_json()["armed"], true);
+    let (rows, took) = sized_rows(&d);
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == attack.id.as_str())
+        .expect("the attacker's lease is listed");
+    // Never a size counted from the same inodes again and again: either the
+    // walk saw the tree change and says "unknown", or it is a true size.
+    if let Some(size) = row["size_bytes"].as_u64() {
+        assert!(
+            size <= real,
+            "size walk counted {size} bytes for a tree of {real} (it re-walked the moved subtree)"
+        );
+    }
+    // Within the walk's time bound (60 s), with room for a loaded machine.
+    assert!(took < Duration::from_secs(75), "list --size took {took:?}");
+    attack.send("go");
+    let moves = attack.read_json()["moves"].as_u64().unwrap();
+    eprintln!(
+        "mover: {moves} moves; list --size took {took:?}; size {}",
+        row["size_bytes"]
+    );
+    attack.finish("mover-size");
+    canary.assert_intact("mover-size");
+    assert_eventually_clean(&mut d, "mover-size");
+}
+
+#[test]
+fn keep_vs_a_subtree_moved_ahead_of_the_hand_over_on_every_open() {
+    if !require_root("keep_vs_mover") {
+        return;
+    }
+    let mut d = Daemon::start("mover-keep");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "mover", 0, 0.0);
+    let real = du(&attack.path);
+    attack.send("arm");
+    assert_eq!(attack.read_json()["armed"], true);
+    let t0 = Instant::now();
+    attack.send("keep");
+    let answer = attack.read_json();
+    let took = t0.elapsed();
+    let moves = attack.read_json()["moves"].as_u64().unwrap();
+    eprintln!("mover: {moves} moves; keep answered {answer} in {took:?}");
+    assert!(took < Duration::from_secs(75), "keep took {took:?}");
+    // Each walk enters the subtree once: the hand-over, and the reap that
+    // may start before the attacker stops moving (one move each, plus one
+    // for a walk that ran while the answer travelled).
+    assert!(
+        moves <= 3,
+        "the subtree was walked {moves} times: the hand-over re-walked it after each move"
+    );
+    if let Some(message) = answer["keep_error"].as_str() {
+        // Not handed over: the reply says why and the tree is deleted.
+        assert!(
+            message.contains("not kept") && message.contains("changed"),
+            "{message}"
+        );
+        assert!(
+            eventually(Duration::from_secs(30), || d.entries("kept").is_empty()),
+            "a tree that was not handed over stayed in kept/: {:?}",
+            d.entries("kept")
+        );
+    } else {
+        // Handed over only if every entry was reached once: the size it
+        // recorded is the tree's, not the moved subtree counted many times.
+        assert!(answer["kept"].is_string(), "{answer}");
+        let (rows, _) = sized_rows(&d);
+        let row = rows
+            .iter()
+            .find(|r| r["id"] == attack.id.as_str())
+            .expect("the kept tree is listed");
+        let size = row["size_bytes"].as_u64().expect("a kept tree has a size");
+        assert!(size <= real, "{size} bytes listed for a tree of {real}");
+        d.ctl(&["gc", "--older-than", "0"]);
+    }
+    attack.finish("mover-keep");
+    canary.assert_intact("mover-keep");
+    assert_eventually_clean(&mut d, "mover-keep");
+}
+
+/// The path of the file at the bottom of a `deep-setuid` tree of `levels`.
+fn deep_file(kept: &str, levels: u64) -> PathBuf {
+    let mut p = PathBuf::from(kept);
+    for _ in 0..levels {
+        p.push("d");
+    }
+    p.join("suid")
+}
+
+#[test]
+fn keep_vs_a_setuid_binary_301_levels_deep_clears_it() {
+    if !require_root("keep_vs_deep_setuid") {
+        return;
+    }
+    let d = Daemon::start("deep-suid");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "deep-setuid", 301, 0.0);
+    attack.send("keep");
+    let answer = attack.read_json();
+    let kept = answer["kept"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a 301-level tree is within the walk's bounds: {answer}"));
+    let mode = std::fs::symlink_metadata(deep_file(kept, 301))
+        .expect("the deep file is in the kept tree")
+        .mode();
+    assert_eq!(
+        mode & 0o6000,
+        0,
+        "setuid/setgid bits survived the hand-over at depth 301: {mode:o}"
+    );
+    attack.finish("deep-suid");
+    canary.assert_intact("deep-suid");
+}
+
+#[test]
+fn keep_vs_a_tree_deeper_than_the_walk_bound_is_refused_and_deleted() {
+    if !require_root("keep_vs_too_deep") {
+        return;
+    }
+    let mut d = Daemon::start("too-deep");
+    let canary = Canary::new(&d);
+    // The hand-over walk goes 4096 levels deep at most.
+    let mut attack = Attack::start(&d, &canary, USER_A, "deep-setuid", 4200, 0.0);
+    attack.send("keep");
+    let answer = attack.read_json();
+    let message = answer["keep_error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a tree past the depth bound was kept: {answer}"));
+    assert!(
+        message.contains("not kept") && message.contains("deeper"),
+        "{message}"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || d.entries("kept").is_empty()),
+        "the refused tree stayed in kept/: {:?}",
+        d.entries("kept")
+    );
+    attack.finish("too-deep");
+    canary.assert_intact("too-deep");
+    assert_eventually_clean(&mut d, "too-deep");
+}
+
+#[test]
+fn reaper_vs_ancestors_moved_in_a_tight_loop_finishes_without_quarantine() {
+    if !require_root("reaper_vs_moved_ancestors") {
+        return;
+    }
+    let d = Daemon::start("moved-anc");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "move-ancestors", 8, 3.0);
+    attack.go();
+    attack.finish("move-ancestors");
+    // No restart: the daemon itself must finish the reap.
+    assert!(
+        eventually(Duration::from_secs(60), || d.entries("trash").is_empty()),
+        "trash not empty: {:?}\n{}",
+        d.entries("trash"),
+        d.log_text()
+    );
+    assert!(
+        !d.log_text().contains("quarantine"),
+        "a moved ancestor quarantined the tree:\n{}",
+        d.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || d.log_text().contains("reaped")),
+        "{}",
+        d.log_text()
+    );
+    canary.assert_intact("move-ancestors");
+}
+
+#[test]
+fn list_and_log_vs_a_forged_command_name_and_a_field_forging_lease_name() {
+    if !require_root("list_vs_forged_comm") {
+        return;
+    }
+    let d = Daemon::start("comm");
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "comm", 0, 0.0);
+    // JSON is exact.
+    let rows = d.list_all();
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == attack.id.as_str())
+        .expect("listed");
+    assert_eq!(row["client_command"], "\u{1b}[2J\nFAKE ROW");
+    assert_eq!(row["name"], "x path=/etc/shadow uid=0");
+    // The table escapes: no terminal control reaches the operator, no row
+    // is forged.
+    let out = d.ctl(&["list", "--all"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains('\u{1b}'), "raw ESC in list output: {text:?}");
+    assert_eq!(text.lines().count(), 2, "a row was forged: {text:?}");
+    assert!(!text.lines().any(|l| l.starts_with("FAKE ROW")), "{text:?}");
+    assert!(text.contains(r"\u{1b}[2J\nFAKE ROW"), "{text:?}");
+    // The log quotes the name: no `path=` field can be forged.
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("allocated") && l.contains(attack.id.as_str()))
+        .unwrap_or_else(|| panic!("no allocated line:\n{log}"));
+    assert!(
+        line.contains(r#"name="x path=/etc/shadow uid=0""#),
+        "name not quoted: {line}"
+    );
+    attack.go();
+    attack.finish("comm");
+    canary.assert_intact("comm");
+}
+
+#[test]
+fn reclaim_guessing_is_rate_limited_per_uid_and_logged_once_per_window() {
+    if !require_root("reclaim_guessing") {
+        return;
+    }
+    let d = Daemon::start("reclaim-guess");
+    let mut s = raw(&d.socket);
+    builddir_tests::wire::hello(&mut s);
+    let mut kinds = Vec::new();
+    for i in 0..50 {
+        let request = Request::Reclaim {
+            id: "00000000deadbeef".into(),
+            secret: format!("guess-{i}"),
+        };
+        s.write_all(&frame(&codec::encode(&request).unwrap()))
+            .unwrap();
+        match read_msg::<Response>(&mut s) {
+            Some(Response::Error(e)) => kinds.push(e.kind),
+            other => panic!("guess {i}: {other:?}"),
+        }
+    }
+    // Ten wrong guesses a minute, then refused without being checked.
+    assert!(
+        kinds[..10].iter().all(|k| *k == ErrorKind::NotFound),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds[10..].iter().all(|k| *k == ErrorKind::Busy),
+        "{kinds:?}"
+    );
+    // One log line for the window, not one per guess.
+    let log = d.log_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("refused") && l.contains("reclaim"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+    // Others are still served.
+    assert!(d.ctl(&["status"]).status.success());
+}
+
+#[test]
+fn retention_vs_one_users_many_keeps_never_evicts_another_users_tree() {
+    if !require_root("retention_per_owner") {
+        return;
+    }
+    let d = Daemon::start_with(
+        "retention-owner",
+        DaemonOpts {
+            config: Some("kept_max_count = 2\n".into()),
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    let keep = |who: Ident| {
+        let mut attack = Attack::start(&d, &canary, who, "hold", 0, 0.0);
+        attack.send("keep");
+        let answer = attack.read_json();
+        let kept = PathBuf::from(
+            answer["kept"]
+                .as_str()
+                .unwrap_or_else(|| panic!("keep failed: {answer}")),
+        );
+        attack.finish("retention-owner");
+        kept
+    };
+    // The victim's tree is the oldest of all.
+    let victims = keep(USER_B);
+    let mine: Vec<PathBuf> = (0..4).map(|_| keep(USER_A)).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || !mine[0].exists()
+            && !mine[1].exists()),
+        "the attacker's own oldest trees were not evicted"
+    );
+    assert!(mine[2].exists() && mine[3].exists());
+    assert!(
+        victims.exists(),
+        "another user's keeps evicted the victim's tree:\n{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn a_quarantined_tree_counts_against_its_user_until_an_operator_retries_it() {
+    if !require_root("quarantine_counts") {
+        return;
+    }
+    let d = Daemon::start_with(
+        "quarantine-counts",
+        DaemonOpts {
+            config: Some("max_leases_per_uid = 1\n".into()),
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "hold", 0, 0.0);
+    let spool = attack.path.join("spool");
+    let id = attack.id.clone();
+    assert!(Command::new("mount")
+        .arg("--bind")
+        .arg(canary.dir.join("dir"))
+        .arg(&spool)
+        .status()
+        .unwrap()
+        .success());
+    attack.go();
+    attack.finish("quarantine-counts");
+    assert!(
+        eventually(Duration::from_secs(10), || status_json(&d)["leases"]
+            ["quarantined"]
+            == 1),
+        "{}",
+        d.log_text()
+    );
+    // The tree that cannot be deleted still takes its user's only place.
+    let refused = Probe::start(&d.socket, USER_A, "next");
+    assert_eq!(
+        refused.report["kind"], "quota-exceeded",
+        "{}",
+        refused.report
+    );
+    drop(refused);
+    // Another user's status does not show this user's reap error (it names
+    // the lease and files in its tree); an operator's does.
+    let out = d
+        .ctl_cmd(&["--json", "status"])
+        .uid(USER_B.uid)
+        .gid(USER_B.gid)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(theirs["last_reap_error"].is_null(), "{theirs}");
+    assert!(status_json(&d)["last_reap_error"].is_string());
+    // The operator clears the cause and retries, without a restart.
+    unmount_below(&d.root.join("trash"));
+    let out = d.ctl(&["remove", &id]);
+    assert!(
+        out.status.success(),
+        "remove of a quarantined tree: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || d.entries("trash").is_empty()),
+        "trash: {:?}\n{}",
+        d.entries("trash"),
+        d.log_text()
+    );
+    let again = Probe::start(&d.socket, USER_A, "again");
+    assert_eq!(again.report["exec_ok"], true, "{}", again.report);
+    canary.assert_intact("quarantine-counts");
+}
+
+#[test]
+fn size_walk_flood_from_one_uid_neither_exhausts_fds_nor_stalls_another_users_allocations() {
+    if !require_root("size_walk_flood") {
+        return;
+    }
+    let d = Daemon::start("walk-flood");
+    let canary = Canary::new(&d);
+    // 250 levels over 20 000 files: a walk that keeps one fd per level
+    // holds 250 fds while it reads the bottom.
+    let mut attack = Attack::start(&d, &canary, USER_A, "deep-wide", 250, 0.0);
+    let fds_before = d.fd_count();
+    // The daemon's fds, sampled all along the flood.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, fd_dir) = (stop.clone(), format!("/proc/{}/fd", d.pid()));
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(dir) = std::fs::read_dir(&fd_dir) {
+                    most = most.max(dir.count());
+                }
+            }
+            most
+        })
+    };
+    let flood: Vec<Child> = (0..48)
+        .map(|_| {
+            d.ctl_cmd(&["--json", "list", "--size"])
+                .uid(USER_A.uid)
+                .gid(USER_A.gid)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for i in 0..10 {
+        let t0 = Instant::now();
+        let p = Probe::start(&d.socket, USER_B, &format!("bystander-{i}"));
+        let took = t0.elapsed();
+        assert_eq!(p.report["exec_ok"], true, "bystander {i}: {}", p.report);
+        assert!(
+            took < Duration::from_secs(10),
+            "bystander {i} took {took:?}"
+        );
+    }
+    for mut c in flood {
+        let status = builddir_tests::wait_timeout(&mut c, Duration::from_secs(120))
+            .expect("a size listing ended");
+        assert!(status.success(), "list --size failed: {status}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most_fds = sampler.join().unwrap();
+    // Four walks of at most 16 fds each, plus connections: nowhere near
+    // 48 walks × 250 levels.
+    eprintln!("daemon fds: {fds_before} before, at most {most_fds} during the flood");
+    assert!(
+        most_fds < fds_before + 48 + 200,
+        "the size walks held {most_fds} fds (before: {fds_before})"
+    );
+    attack.go();
+    attack.finish("walk-flood");
+    canary.assert_intact("walk-flood");
+}
+
+#[test]
+fn a_tmpfs_lease_held_open_after_release_stays_counted_until_its_tmpfs_is_gone() {
+    if !require_root("tmpfs_held_after_release") {
+        return;
+    }
+    let d = Daemon::start_with(
+        "tmpfs-held",
+        DaemonOpts {
+            config: Some(
+                "lease_backend = \"tmpfs\"\nlease_size_default = 8388608\nmax_leases_per_uid = 1\n"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    // The build keeps a file open in its tmpfs for 4 s after the release.
+    let mut attack = Attack::start(&d, &canary, USER_A, "pin", 0, 4.0);
+    let id = attack.id.clone();
+    attack.go();
+    // Released, its tree deleted, but the tmpfs is alive: still listed and
+    // still its user's only place.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        d.list_all().iter().any(|r| r["id"] == id.as_str()),
+        "a tmpfs lease held open vanished from list:\n{}",
+        d.log_text()
+    );
+    let refused = Probe::start(&d.socket, USER_A, "next");
+    assert_eq!(
+        refused.report["kind"], "quota-exceeded",
+        "{}",
+        refused.report
+    );
+    drop(refused);
+    attack.finish("tmpfs-held");
+    // The holder is gone: so is the tmpfs, and the lease with it.
+    assert!(
+        eventually(Duration::from_secs(10), || !d
+            .list_all()
+            .iter()
+            .any(|r| r["id"] == id.as_str())),
+        "{}",
+        d.log_text()
+    );
+    let again = Probe::start(&d.socket, USER_A, "again");
+    assert_eq!(again.report["exec_ok"], true, "{}", again.report);
+    canary.assert_intact("tmpfs-held");
+}
+
+#[test]
+fn sigterm_during_the_reap_of_a_huge_tree_stops_the_daemon_promptly_and_the_restart_finishes() {
+    if !require_root("sigterm_mid_reap") {
+        return;
+    }
+    let mut d = Daemon::start_with(
+        "stop-mid-reap",
+        DaemonOpts {
+            backing: "tmpfs",
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    let mut attack = Attack::start(&d, &canary, USER_A, "wide", 2_000_000, 0.0);
+    attack.go();
+    attack.finish("stop-mid-reap");
+    // The reap of two million names runs on a blocking thread...
+    assert!(
+        eventually(Duration::from_secs(10), || d
+            .log_text()
+            .contains("released")),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        !d.entries("trash").is_empty(),
+        "the reap ended before the stop; nothing to show"
+    );
+    // ...and does not hold up the stop (systemd's stop timeout would kill
+    // the daemon; a stop that waits for the reap is seconds long).
+    let t0 = Instant::now();
+    let status = d.terminate();
+    let took = t0.elapsed();
+    eprintln!("stopped in {took:?} ({status})");
+    assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
+    // Trash is rescanned at start: the tree is finished then.
+    d.spawn();
+    assert!(
+        eventually(Duration::from_secs(120), || d.entries("trash").is_empty()),
+        "trash not empty after the restart: {:?}",
+        d.entries("trash")
+    );
+    canary.assert_intact("stop-mid-reap");
 }

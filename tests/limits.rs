@@ -381,3 +381,48 @@ fn a_dir_backend_refuses_sizes_in_one_short_line_and_check_says_why_quotas_are_u
     let out = d.ctl(&["run", "--", "sh", "-c", "echo hi > f && cat f"]);
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn tmpfs_leases_are_capped_in_total_and_refused_with_no_space_naming_the_key() {
+    if !require_root("tmpfs_total_cap") {
+        return;
+    }
+    let d = Daemon::start_with(
+        "tmpfs-cap",
+        DaemonOpts {
+            config: Some(format!(
+                "lease_backend = \"tmpfs\"\nlease_size_default = {}\nlease_size_max = {}\ntmpfs_leases_max_total = {}\n",
+                4 * MIB,
+                64 * MIB,
+                100 * MIB
+            )),
+            ..Default::default()
+        },
+    );
+    let rt = rt();
+    let a = allocate_limited(&rt, &d, "a", 40 * MIB, 1000).expect("first 40 MiB");
+    let b = allocate_limited(&rt, &d, "b", 40 * MIB, 1000).expect("second 40 MiB");
+    let err = allocate_limited(&rt, &d, "c", 40 * MIB, 1000).unwrap_err();
+    let reply = err.reply().expect("a typed error");
+    assert_eq!(reply.kind, ErrorKind::NoSpace, "{}", reply.message);
+    assert!(
+        reply.message.contains("tmpfs_leases_max_total"),
+        "{}",
+        reply.message
+    );
+    // A smaller one still fits; after a release (and its reap) the big one.
+    let small = allocate_limited(&rt, &d, "small", 16 * MIB, 1000).expect("16 MiB fits");
+    rt.block_on(a.release()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || allocate_limited(
+            &rt,
+            &d,
+            "c-again",
+            40 * MIB,
+            1000
+        )
+        .is_ok()),
+        "the released lease's memory was never given back"
+    );
+    drop((b, small));
+}

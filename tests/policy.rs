@@ -229,7 +229,7 @@ fn keep_failed_hands_the_tree_over_without_touching_root_files_or_setid_bits() {
     }
     let d = with_config(
         "keep",
-        "kept_max_count = 2\n[[owner_grants]]\nusers = [\"61001\"]\nuids = [\"61100-61110\"]\ngids = [\"61100\"]\n",
+        "kept_total_max_count = 2\n[[owner_grants]]\nusers = [\"61001\"]\nuids = [\"61100-61110\"]\ngids = [\"61100\"]\n",
     );
     // A root-owned file on the same mount (hard links cannot cross mounts).
     let secret = d.root.join("root-secret");
@@ -311,7 +311,9 @@ fn keep_failed_hands_the_tree_over_without_touching_root_files_or_setid_bits() {
     assert!(reach(USER_A));
     assert!(!reach(USER_B));
 
-    // Retention: kept_max_count = 2, a third keep deletes the oldest.
+    // Retention: kept_total_max_count = 2 (over all owners; the per-owner
+    // kept_max_count is shown by the adversarial suite), a third keep
+    // deletes the oldest.
     let out = d.ctl(&["run", "--keep-failed", "--", "false"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -323,7 +325,7 @@ fn keep_failed_hands_the_tree_over_without_touching_root_files_or_setid_bits() {
         "retention deleted the wrong tree"
     );
     assert!(
-        d.log_text().contains("retention: kept_max_count"),
+        d.log_text().contains("retention: kept_total_max_count"),
         "{}",
         d.log_text()
     );

@@ -1,11 +1,49 @@
 //! Aligned tables for people, stable JSON for programs.
+//!
+//! Text output carries strings that came from clients and from build trees
+//! (lease names, a client's `/proc/PID/comm`, file names in errors). Every
+//! one goes through [`text`] first, so no terminal escape or line break
+//! from them reaches the operator's terminal: a command named
+//! `\e[2J` or `x\nFAKE ROW` can neither clear the screen nor forge a row.
+//! JSON output is exact: the JSON encoder escapes what needs escaping.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 
+/// `s` made safe for a terminal: control characters, Unicode format
+/// characters (bidirectional overrides, zero-width) and other non-printable
+/// characters are written as Rust escapes (`\n`, `\u{1b}`, `\u{202e}`), and
+/// a backslash as `\\`, so an escaped text cannot pass for another one.
+/// Printable text (spaces and non-ASCII letters included) is unchanged.
+pub fn text(s: &str) -> Cow<'_, str> {
+    fn plain(c: char) -> bool {
+        // `escape_debug` leaves printable characters alone, except quotes
+        // (harmless on a terminal) and the backslash (escaped below).
+        c == '"' || c == '\'' || (c != '\\' && c.escape_debug().len() == 1)
+    }
+    if s.chars().all(plain) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if plain(c) {
+            out.push(c);
+        } else {
+            out.extend(c.escape_debug());
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Prints rows as columns separated by two spaces, the last left unpadded.
+/// Every cell is escaped with [`text`].
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| text(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -24,8 +62,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
         writeln!(out)
     };
     line(&mut header.iter().copied())?;
-    for row in rows {
-        line(&mut row.iter().map(String::as_str))?;
+    for row in &rows {
+        line(&mut row.iter().map(|c| c.as_ref()))?;
     }
     out.flush()
 }
@@ -54,9 +92,11 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// An error and its causes on one line, each cause once.
+/// An error and its causes on one line, each cause once, escaped with
+/// [`text`]: the daemon's messages can quote names that came from clients
+/// or trees.
 pub fn one_line(e: &anyhow::Error) -> String {
-    builddir_host::one_line(e.as_ref())
+    text(&builddir_host::one_line(e.as_ref())).into_owned()
 }
 
 /// `3s`, `5m`, `2h`, `4d`: the largest whole unit.
@@ -140,6 +180,19 @@ fn scaled(text: &str, units: &[(&str, u64)], what: &str) -> Result<u64, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_escapes_what_could_drive_a_terminal_or_forge_a_row() {
+        assert_eq!(text("hello-1.0 été"), "hello-1.0 été");
+        assert!(matches!(text("plain"), Cow::Borrowed(_)));
+        assert_eq!(text("x\nFAKE ROW"), "x\\nFAKE ROW");
+        assert_eq!(text("\u{1b}[2J\u{1b}[H"), "\\u{1b}[2J\\u{1b}[H");
+        assert_eq!(text("a\tb\r"), "a\\tb\\r");
+        assert_eq!(text("abc\u{202e}fdp.exe"), "abc\\u{202e}fdp.exe");
+        // A literal backslash-n is not confused with an escaped newline.
+        assert_eq!(text("x\\n"), "x\\\\n");
+        assert_eq!(text("it's \"q\""), "it's \"q\"");
+    }
 
     #[test]
     fn human_units() {

@@ -103,10 +103,15 @@ pub struct Config {
     pub min_free_bytes: u64,
     /// Allocation fails with `no-space` below this many free inodes on root.
     pub min_free_inodes: u64,
-    /// Kept trees retained at most (oldest deleted first; 0 = no limit).
+    /// Kept trees retained at most per owner (oldest deleted first; 0 = no
+    /// limit).
     pub kept_max_count: usize,
-    /// Total bytes of kept trees retained at most (0 = no limit).
+    /// Bytes of kept trees retained at most per owner (0 = no limit).
     pub kept_max_bytes: u64,
+    /// Kept trees retained at most in total, all owners (0 = no limit).
+    pub kept_total_max_count: usize,
+    /// Bytes of kept trees retained at most in total (0 = no limit).
+    pub kept_total_max_bytes: u64,
     /// Kept trees older than this are deleted (0 = no limit).
     pub kept_max_age_secs: u64,
     /// Mode of a socket bound by hand (octal text).
@@ -131,6 +136,10 @@ pub struct Config {
     pub lease_inodes_default: u64,
     /// Sized leases: the most inodes a client may ask for.
     pub lease_inodes_max: u64,
+    /// `tmpfs` leases: the most bytes all of them together may be sized at
+    /// (their memory), kept trees and trees not yet deleted included. 0:
+    /// half of the host's RAM.
+    pub tmpfs_leases_max_total: u64,
     /// `project-quota` leases: the project ids the daemon owns on the root
     /// filesystem ("first-last"); nothing else may use them.
     pub project_ids: String,
@@ -171,6 +180,8 @@ impl Default for Config {
             min_free_inodes: 0,
             kept_max_count: 64,
             kept_max_bytes: 0,
+            kept_total_max_count: 0,
+            kept_total_max_bytes: 0,
             kept_max_age_secs: 7 * 24 * 3600,
             socket_mode: "0666".to_owned(),
             socket_group: String::new(),
@@ -179,6 +190,7 @@ impl Default for Config {
             lease_backend: LeaseBackend::Dir,
             lease_size_default: 4 << 30,
             lease_size_max: 64 << 30,
+            tmpfs_leases_max_total: 0,
             lease_inodes_default: 1_000_000,
             lease_inodes_max: 10_000_000,
             project_ids: "1000000-1999999".to_owned(),

@@ -211,9 +211,12 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         tracing::info!("stopping");
         Ok::<_, anyhow::Error>(daemon.table.state_counts())
     })?;
-    // Every task and fd of the daemon goes with the runtime: nothing of
-    // ours keeps the mount busy after this.
-    drop(runtime);
+    // Blocking work still running (a walk, the reap of a large tree) is not
+    // waited for: dropping the runtime would wait for it, past systemd's
+    // stop timeout. Cutting it short is safe: trash is rescanned and an
+    // interrupted hand-over is finished at the next start. What it still
+    // holds open only makes an unmount below report the mount busy.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     shutdown::finish(&root_path, &at_stop);
     Ok(())
 }

@@ -58,7 +58,8 @@ pub fn check(
         output::json(&findings)?;
     } else {
         for f in &findings {
-            println!("{}", f.line());
+            // Details quote config values and paths: escaped like any text.
+            println!("{}", output::text(&f.line()));
         }
     }
     Ok(if failed == 0 {

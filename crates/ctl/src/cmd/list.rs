@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::output;
 use crate::users::Users;
 
-/// One lease in `list --json` (documented in docs/cli.md; fields are only
+/// One lease in `list --json` (exact strings; the table escapes them) (documented in docs/cli.md; fields are only
 /// ever added).
 #[derive(Debug, Serialize)]
 pub struct LeaseJson<'a> {
@@ -114,7 +114,7 @@ fn show(mut rows: Vec<LeaseEntry>, json: bool, size: bool) -> Result<ExitCode> {
                 if r.name.is_empty() {
                     "-".into()
                 } else {
-                    r.name.escape_debug().to_string()
+                    r.name.to_owned()
                 },
                 output::age(r.age_secs),
                 r.state.to_owned(),

@@ -37,12 +37,19 @@ pub async fn release(socket: &Path, json: bool, id: &str, keep: bool) -> Result<
         return Ok(ExitCode::SUCCESS);
     }
     if released.limit_reached {
-        println!("lease {} had filled its size limit", released.id);
+        println!(
+            "lease {} had filled its size limit",
+            output::text(&released.id)
+        );
     }
     if let Some(path) = &released.kept_path {
-        println!("kept {} at {path}", released.id);
+        println!(
+            "kept {} at {}",
+            output::text(&released.id),
+            output::text(path)
+        );
     } else {
-        println!("released {}", released.id);
+        println!("released {}", output::text(&released.id));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -53,7 +60,7 @@ pub async fn remove(socket: &Path, json: bool, id: &str) -> Result<ExitCode> {
     if json {
         output::json(&serde_json::json!({ "id": id, "removed": true }))?;
     } else {
-        println!("removed {id}");
+        println!("removed {}", output::text(id));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -65,7 +72,7 @@ pub async fn gc(socket: &Path, json: bool, older_than_secs: u64) -> Result<ExitC
         output::json(&serde_json::json!({ "removed": ids }))?;
     } else {
         for id in &ids {
-            println!("removed {id}");
+            println!("removed {}", output::text(id));
         }
         println!("{} kept tree(s) removed", ids.len());
     }

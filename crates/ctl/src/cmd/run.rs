@@ -70,7 +70,7 @@ pub async fn run(socket: &Path, request: RunRequest, command: Vec<OsString>) -> 
             };
             eprintln!(
                 "builddir-ctl: cannot run {}: {e}",
-                command[0].to_string_lossy()
+                crate::output::text(&command[0].to_string_lossy())
             );
             lease.release().await.context("releasing the lease")?;
             return Ok(ExitCode::from(code));
@@ -85,7 +85,7 @@ pub async fn run(socket: &Path, request: RunRequest, command: Vec<OsString>) -> 
         let kept = lease.keep().await.context("keeping the build directory")?;
         eprintln!(
             "builddir-ctl: command failed ({status}); build directory kept at {}",
-            kept.display()
+            crate::output::text(&kept.display().to_string())
         );
     } else {
         lease.release().await.context("releasing the lease")?;

@@ -13,6 +13,7 @@ pub mod project;
 /// The quota system calls (they live with the host facts).
 pub use builddir_host::quota_sys as project_sys;
 pub mod tmpfs;
+pub mod tmpfs_budget;
 
 use std::collections::HashSet;
 use std::ffi::CStr;
@@ -216,21 +217,23 @@ impl Backend {
     }
 
     /// Before `trash/<name>` (whose lease held `project`, if any) is
-    /// walked: a tmpfs is detached, a full project is logged.
+    /// walked: a tmpfs is detached (returned: how to tell it is really
+    /// gone), a full project is logged.
     pub fn before_reap(
         &self,
         root: &Path,
         trash: BorrowedFd<'_>,
         name: &CStr,
         project: Option<u32>,
-    ) {
+    ) -> Option<tmpfs::TmpfsGone> {
         match (self, project) {
-            (Backend::Tmpfs, _) => tmpfs::detach_in_trash(root, trash, name),
+            (Backend::Tmpfs, _) => return tmpfs::detach_in_trash(root, trash, name),
             (Backend::ProjectQuota(ids), Some(project)) => {
                 log_if_project_full(ids.fs(), project, name)
             }
             _ => {}
         }
+        None
     }
 
     /// After the reap of a tree whose lease held `project`: a project no

@@ -3,7 +3,7 @@
 //! holds) before its tree is reaped.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -68,21 +68,28 @@ pub fn detach_partial(outer: BorrowedFd<'_>) {
 /// Only a mount exactly at `<tree>/build` whose source is ours is detached;
 /// anything else mounted in a tree is reported by the walk and left in
 /// quarantine.
-pub fn detach_in_trash(root: &Path, trash: BorrowedFd<'_>, name: &CStr) {
+///
+/// The detach is lazy: a process of the build that still holds an fd (or
+/// its cwd) in the tmpfs keeps the tmpfs — and its memory — alive. So
+/// before detaching, an inotify watch is put on the tmpfs's root; the
+/// kernel sends `IN_UNMOUNT` on it when the tmpfs is really gone (its last
+/// reference dropped). The watch does not keep the tmpfs alive. Returned
+/// (an inotify fd) for [`TmpfsGone`].
+pub fn detach_in_trash(root: &Path, trash: BorrowedFd<'_>, name: &CStr) -> Option<TmpfsGone> {
     let mut rel = name.to_bytes().to_vec();
     rel.extend_from_slice(b"/build");
     let Ok(rel) = CString::new(rel) else {
-        return;
+        return None;
     };
     let here = statx(trash, c"", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID);
     let there = statx(trash, &rel, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID);
     let (Ok(here), Ok(there)) = (here, there) else {
-        return;
+        return None;
     };
     if here.stx_mnt_id == there.stx_mnt_id
         || !crate::host::mount::mount_source_is(there.stx_mnt_id, LEASE_TMPFS_SOURCE)
     {
-        return;
+        return None;
     }
     let path = root
         .join(TRASH)
@@ -98,7 +105,51 @@ pub fn detach_in_trash(root: &Path, trash: BorrowedFd<'_>, name: &CStr) {
             );
         }
     }
+    let gone = TmpfsGone::watch(&path);
     if let Err(e) = unmount(&path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
         tracing::warn!(path = %path.display(), error = %e, "cannot detach a lease tmpfs");
+        return None;
+    }
+    gone
+}
+
+/// Tells when a detached lease tmpfs is really gone (see
+/// [`detach_in_trash`]).
+#[derive(Debug)]
+pub struct TmpfsGone {
+    inotify: OwnedFd,
+}
+
+impl TmpfsGone {
+    /// Watches the tmpfs mounted at `path` (its root). The path is under
+    /// the root-only trash, at a mount checked to be ours.
+    fn watch(path: &Path) -> Option<TmpfsGone> {
+        use rustix::fs::inotify;
+        let fd =
+            inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).ok()?;
+        inotify::add_watch(
+            &fd,
+            path,
+            inotify::WatchFlags::DELETE_SELF
+                | inotify::WatchFlags::ONLYDIR
+                | inotify::WatchFlags::DONT_FOLLOW,
+        )
+        .ok()?;
+        Some(TmpfsGone { inotify: fd })
+    }
+
+    /// True once the kernel said the tmpfs is gone (`IN_UNMOUNT`, or the
+    /// watch dropped with it: `IN_IGNORED`). Does not block.
+    pub fn is_gone(&self) -> bool {
+        use rustix::fs::inotify;
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+        let mut reader = inotify::Reader::new(&self.inotify, &mut buf);
+        let mut gone = false;
+        while let Ok(ev) = reader.next() {
+            gone |= ev
+                .events()
+                .intersects(inotify::ReadFlags::UNMOUNT | inotify::ReadFlags::IGNORED);
+        }
+        gone
     }
 }

@@ -2,6 +2,7 @@
 //! one file per request.
 
 pub mod accept;
+pub mod failures;
 pub mod listener;
 pub mod peer;
 pub mod requests;

@@ -33,7 +33,7 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {
         Ok(slot) => slot,
         Err(message) => {
             daemon.counters.refused(ErrorKind::Busy);
-            tracing::warn!(uid = peer.uid, pid = peer.pid, reason = %message, "connection refused");
+            tracing::warn!(uid = peer.uid, pid = peer.pid, reason = ?message, "connection refused");
             refuse(&mut conn, ErrorKind::Busy, message).await;
             return;
         }

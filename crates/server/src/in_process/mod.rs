@@ -5,5 +5,6 @@
 //! `builddird` binary without the features the root suites need.
 
 mod interleavings;
+mod reclaim;
 mod seam;
 mod support;

@@ -66,6 +66,11 @@ fn kind_index(kind: ErrorKind) -> usize {
         .expect("every kind is listed")
 }
 
+/// Wrong reclaims one uid may make per minute. A client reclaiming after
+/// a restart gets it right the first time; a guesser gets 10 tries a minute
+/// at a 64-bit secret.
+pub const RECLAIM_FAILURES_PER_MINUTE: u32 = 10;
+
 /// Everything the tasks share.
 #[derive(Debug)]
 pub struct Daemon {
@@ -90,11 +95,18 @@ pub struct Daemon {
     stopping: AtomicBool,
     /// When to give memory back after a burst of leases ends.
     pub trimmer: crate::trim::Trimmer,
+    /// Failed reclaims per uid (rate limit and one log line per window).
+    pub reclaim_failures: crate::conn::failures::FailureWindows,
+    /// Places for size walks (a bounded pool with a per-uid share).
+    pub walks: crate::lease::walks::WalkPool,
+    /// The total memory of tmpfs leases.
+    pub tmpfs_budget: crate::backend::tmpfs_budget::TmpfsBudget,
 }
 
 impl Daemon {
     pub fn new(config: Config, layout: Layout, policy: Policy, backend: Backend) -> Daemon {
         let config_reap = config.reap_concurrency;
+        let tmpfs_total = config.tmpfs_leases_max_total;
         Daemon {
             config,
             layout,
@@ -109,6 +121,12 @@ impl Daemon {
             conn_ids: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             trimmer: crate::trim::Trimmer::default(),
+            reclaim_failures: crate::conn::failures::FailureWindows::new(
+                std::time::Duration::from_secs(60),
+                RECLAIM_FAILURES_PER_MINUTE,
+            ),
+            walks: crate::lease::walks::WalkPool::default(),
+            tmpfs_budget: crate::backend::tmpfs_budget::TmpfsBudget::new(tmpfs_total),
         }
     }
 

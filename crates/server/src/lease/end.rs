@@ -79,7 +79,28 @@ pub fn spawn_grace_expiry(daemon: Arc<Daemon>) {
 pub struct KeptTree {
     pub path: std::path::PathBuf,
     /// Why the tree is not (entirely) the requester's, if it is not.
-    pub not_handed_over: Option<String>,
+    pub not_handed_over: Option<NotHandedOver>,
+}
+
+/// Why a hand-over did not make a kept tree the requester's.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotHandedOver {
+    /// The bounded walk did not reach every entry, or an entry could not be
+    /// handed over. The tree is not kept: it is deleted (an entry the walk
+    /// never reached — a setuid binary below the depth bound, a subtree
+    /// moved behind the walk — would stay as the build made it, inside a
+    /// tree the requester trusts).
+    #[error("{why}")]
+    Incomplete {
+        why: String,
+        /// The walk saw the tree change (a live writer), rather than
+        /// running into a bound.
+        changed: bool,
+    },
+    /// The daemon could not do its part (open the tree, write its record):
+    /// the tree stays kept, its build's, and the next start retries.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Moves live lease `id` into the kept area and hands its tree to the
@@ -124,14 +145,35 @@ pub async fn keep(
     let path = layout.kept_path(id);
     tracing::info!(lease_id = %id, uid = by.uid, pid = by.pid, path = %path.display(), why = by.why, "kept");
     let d = daemon.clone();
-    let done = tokio::task::spawn_blocking(move || finish_hand_over(&d, id, meta))
-        .await
-        .unwrap_or_else(|e| Err(format!("the hand-over task failed: {e}")));
+    // One hand-over at a time per requester: its many keeps queue behind
+    // each other, never in front of another user's.
+    let place = daemon.walks.hand_over_place(to_uid).await;
+    let done = tokio::task::spawn_blocking(move || {
+        let done = finish_hand_over(&d, id, meta);
+        drop(place);
+        done
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(NotHandedOver::Failed(format!(
+            "the hand-over task failed: {e}"
+        )))
+    });
     let kept_at = SystemTime::now();
     let not_handed_over = match done {
         Ok(bytes) => {
             claim.into_kept((to_uid, to_gid), kept_at, Some(bytes));
             None
+        }
+        Err(why @ NotHandedOver::Incomplete { .. }) => {
+            claim.into_kept((from_uid, from_gid), kept_at, None);
+            let removed = crate::lease::retention::remove_kept(
+                daemon,
+                id,
+                "keep: the hand-over did not reach every entry",
+            );
+            tracing::warn!(lease_id = %id, error = %why, removed, "kept tree not handed over; deleted");
+            Some(why)
         }
         Err(why) => {
             // Left to the next start, which retries it before listing it.
@@ -140,7 +182,9 @@ pub async fn keep(
             Some(why)
         }
     };
-    crate::lease::retention::enforce(daemon).await;
+    // Sizes already known only: this reply never waits for a walk of
+    // anyone else's tree (unsized trees are measured by the periodic task).
+    crate::lease::retention::enforce_known(daemon);
     Ok(KeptTree {
         path,
         not_handed_over,
@@ -148,19 +192,26 @@ pub async fn keep(
 }
 
 /// Hands kept tree `id` over as `meta.hand_over` says and records the new
-/// owner; returns the tree's size. Blocking (a walk of the whole tree).
+/// owner; returns the tree's size. Blocking (a bounded walk of the tree).
 pub fn finish_hand_over(
     daemon: &Daemon,
     id: LeaseId,
     mut meta: registry::LeaseMeta,
-) -> Result<u64, String> {
+) -> Result<u64, NotHandedOver> {
     let Some(to) = meta.hand_over else {
-        return Err("no hand-over recorded".into());
+        return Err(NotHandedOver::Failed("no hand-over recorded".into()));
     };
     let layout = &daemon.layout;
-    let done =
-        crate::lease::hand_over::hand_over_kept(layout, id, to.from_uid, to.to_uid, to.to_gid)
-            .map_err(|e| format!("cannot open the kept tree: {e}"))?;
+    let limits = crate::lease::hand_over::limits(&daemon.config);
+    let done = crate::lease::hand_over::hand_over_kept(
+        layout,
+        id,
+        to.from_uid,
+        to.to_uid,
+        to.to_gid,
+        limits,
+    )
+    .map_err(|e| NotHandedOver::Failed(format!("cannot open the kept tree: {e}")))?;
     tracing::info!(
         lease_id = %id,
         uid = to.to_uid,
@@ -168,30 +219,28 @@ pub fn finish_hand_over(
         chowned = done.chowned,
         setid_cleared = done.setid_cleared,
         skipped = done.skipped,
-        too_deep = done.walk.too_deep,
+        entries = done.walk.entries,
+        stopped = done.walk.stopped.map_or("", |s| s.as_str()),
         errors = done.walk.errors,
         first_error = done.walk.first_error.as_deref().unwrap_or(""),
         bytes = done.walk.bytes,
-        "kept tree handed over"
+        "kept tree hand-over walked"
     );
-    // All or nothing: a tree the walk did not entirely reach is not the
-    // requester's yet; the record keeps the hand-over pending.
-    if done.walk.errors > 0 || done.walk.too_deep > 0 {
-        return Err(format!(
-            "the hand-over did not reach every entry ({} errors, {} subtrees too deep; first error: {})",
-            done.walk.errors,
-            done.walk.too_deep,
-            done.walk.first_error.as_deref().unwrap_or("none")
-        ));
+    if let Some(why) = done.refusal() {
+        let changed = matches!(
+            done.walk.stopped,
+            Some(crate::tree::walk::Stopped::Revisit | crate::tree::walk::Stopped::Moved)
+        );
+        return Err(NotHandedOver::Incomplete { why, changed });
     }
     meta.owner_uid = to.to_uid;
     meta.owner_gid = to.to_gid;
     meta.hand_over = None;
     meta.kept_unix = Some(unix_now());
     let (outer, _) = registry::open_record(layout, layout.kept.as_fd(), id)
-        .map_err(|e| format!("cannot reopen the kept tree's record: {e}"))?;
+        .map_err(|e| NotHandedOver::Failed(format!("cannot reopen the kept tree's record: {e}")))?;
     registry::rewrite(outer.as_fd(), &meta)
-        .map_err(|e| format!("cannot record the new owner: {e}"))?;
+        .map_err(|e| NotHandedOver::Failed(format!("cannot record the new owner: {e}")))?;
     Ok(done.walk.bytes)
 }
 

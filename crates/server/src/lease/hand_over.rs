@@ -12,6 +12,14 @@
 //! - a multiply-linked file is not chowned to someone else (its other names
 //!   may live outside the tree);
 //! - setuid/setgid bits are cleared on every regular file the owner owns.
+//!
+//! All or nothing: the walk is bounded ([`crate::tree::walk::Limits`]) and
+//! stops when the tree changes under it. A hand-over whose walk did not
+//! reach every entry, or failed on one, is not a hand-over
+//! ([`HandOver::refusal`]): the caller deletes the tree instead of answering
+//! that it was kept, because an entry the walk never reached (a setuid
+//! binary at depth 5000, a subtree moved behind the walk) would stay as the
+//! build made it, inside a tree the requester trusts.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -21,7 +29,7 @@ use rustix::fs::{
     Statx, Uid, CWD,
 };
 
-use crate::tree::walk::{walk, Visitor, WalkReport};
+use crate::tree::walk::{walk_within, Limits, Visitor, WalkReport};
 
 /// The result of a hand-over.
 #[derive(Debug, Default)]
@@ -31,6 +39,32 @@ pub struct HandOver {
     pub setid_cleared: u64,
     /// Entries left alone: owned by someone else, or multiply linked.
     pub skipped: u64,
+}
+
+impl HandOver {
+    /// Why this hand-over does not count, if it does not: the walk stopped
+    /// before reaching every entry, or an entry could not be handed over.
+    /// File names in the text are escaped.
+    pub fn refusal(&self) -> Option<String> {
+        if let Some(stopped) = self.walk.stopped {
+            return Some(format!(
+                "{stopped} (stopped after {} entries)",
+                self.walk.entries
+            ));
+        }
+        if self.walk.errors > 0 {
+            return Some(format!(
+                "{} entries could not be handed over, the first: {}",
+                self.walk.errors,
+                self.walk
+                    .first_error
+                    .as_deref()
+                    .unwrap_or("unknown")
+                    .escape_debug()
+            ));
+        }
+        None
+    }
 }
 
 struct Chown {
@@ -102,6 +136,8 @@ impl Visitor for Chown {
             Mode::empty(),
         ) {
             Ok(fd) => fd,
+            // Gone since the readdir: nothing left to hand over.
+            Err(rustix::io::Errno::NOENT) => return,
             Err(e) => return report.fail("open O_PATH", e),
         };
         let st = match fstat(&pinned) {
@@ -140,17 +176,35 @@ impl Visitor for Chown {
 /// Makes the kept tree `build` (opened by the caller) the requester's:
 /// chowns what `owner` owns to `to_uid:to_gid` (if different) and clears
 /// setuid/setgid everywhere the owner owns.
-pub fn hand_over(build: std::os::fd::OwnedFd, owner: u32, to_uid: u32, to_gid: u32) -> HandOver {
+pub fn hand_over(
+    build: std::os::fd::OwnedFd,
+    owner: u32,
+    to_uid: u32,
+    to_gid: u32,
+    limits: Limits,
+) -> HandOver {
     let mut chown = Chown {
         owner,
         to_uid,
         to_gid,
         done: HandOver::default(),
     };
-    let report = walk(build, &mut chown);
+    let report = walk_within(build, &mut chown, limits);
     let mut done = chown.done;
     done.walk = report;
     done
+}
+
+/// Bounds on one hand-over walk: the defaults, and no more bytes than the
+/// kept area may hold in total (such a tree would be evicted at once).
+pub fn limits(config: &crate::host::config::Config) -> Limits {
+    Limits {
+        max_bytes: match config.kept_max_bytes {
+            0 => u64::MAX,
+            n => n,
+        },
+        ..Limits::default()
+    }
 }
 
 /// Opens `kept/<id>`, lets the requester alone traverse the root-owned
@@ -161,6 +215,7 @@ pub fn hand_over_kept(
     owner: u32,
     to_uid: u32,
     to_gid: u32,
+    limits: Limits,
 ) -> Result<HandOver, rustix::io::Errno> {
     use crate::host::layout::{id_name, BUILD, DIR_OPEN};
     let outer = openat(
@@ -179,5 +234,5 @@ pub fn hand_over_kept(
     crate::lease::outer::owner_only(outer.as_fd(), to_uid)?;
     let build = openat(&outer, BUILD, DIR_OPEN, Mode::empty())?;
     crate::failpoint::hit("keep:before-hand-over");
-    Ok(hand_over(build, owner, to_uid, to_gid))
+    Ok(hand_over(build, owner, to_uid, to_gid, limits))
 }

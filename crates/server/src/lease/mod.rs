@@ -16,3 +16,4 @@ pub mod retention;
 pub mod size;
 pub mod table;
 pub mod trash;
+pub mod walks;

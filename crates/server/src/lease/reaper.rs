@@ -3,7 +3,8 @@
 //! Each tree in trash is deleted by [`crate::tree::remove::remove_tree`] on the
 //! blocking pool, at most `reap_concurrency` at a time, so a huge reap never
 //! delays allocations on the async workers. A tree that cannot be fully
-//! deleted stays in trash, marked quarantined, and is retried at the next
+//! deleted stays in trash, marked quarantined (still counted against its
+//! requester's lease limits), and is retried by an operator's `remove` or at the next
 //! start (trash is rescanned then).
 
 use std::ffi::CString;
@@ -30,7 +31,7 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
         return;
     };
     runtime.spawn(async move {
-        let Ok(_permit) = daemon.reap_slots.clone().acquire_owned().await else {
+        let Ok(permit) = daemon.reap_slots.clone().acquire_owned().await else {
             return; // semaphore closed: shutting down
         };
         let started = Instant::now();
@@ -44,7 +45,8 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
             // in its own lease.json, which the walk is about to delete.
             let project = project.or_else(|| project_on_disk(&d, &name));
             let trash = d.layout.trash.as_fd();
-            d.backend
+            let tmpfs = d
+                .backend
                 .before_reap(d.layout.root_path(), trash, &name, project);
             let report = remove_tree(trash, &name, Limits::default());
             d.backend.after_reap(project, report.complete, |p| {
@@ -54,17 +56,45 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
             });
             let freed = free_bytes(&d).saturating_sub(free_before);
             d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
-            report
+            (report, tmpfs)
         })
         .await
-        .unwrap_or_else(|e| Report {
-            errors: 1,
-            first_error: Some(format!("reap task failed: {e}")),
-            ..Report::default()
+        .unwrap_or_else(|e| {
+            let report = Report {
+                errors: 1,
+                first_error: Some(format!("reap task failed: {e}")),
+                ..Report::default()
+            };
+            (report, None)
         });
+        let (report, tmpfs) = report;
+        let mut permit = Some(permit);
+        // A tmpfs lease whose tmpfs a leftover process of the build still
+        // holds is not gone: it stays in the table — listed, counted
+        // against its user's limits and the tmpfs total — until the kernel
+        // says the tmpfs is gone. The permit is given back meanwhile.
+        if let (true, Some(tmpfs), Some(lease)) = (report.complete, tmpfs, id) {
+            if !tmpfs.is_gone() {
+                permit = None;
+                tracing::warn!(
+                    lease_id = %lease,
+                    trash = trash_name,
+                    "tmpfs still held by a process of the build after release; the lease stays counted until it is gone"
+                );
+                let mut tick = tokio::time::interval(TMPFS_GONE_POLL);
+                while !tmpfs.is_gone() {
+                    tick.tick().await;
+                }
+                tracing::info!(lease_id = %lease, "held tmpfs gone");
+            }
+        }
         finish(&daemon, &trash_name, id, &report, started);
+        drop(permit);
     });
 }
+
+/// How often a detached tmpfs that a process still holds is checked.
+const TMPFS_GONE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn finish(
     daemon: &Daemon,
@@ -100,6 +130,7 @@ fn finish(
             lease_id,
             trash = trash_name,
             removed = report.removed,
+            restarts = report.restarts,
             elapsed_ms,
             "reaped"
         );
@@ -127,9 +158,10 @@ fn finish(
         mount_points = report.mount_points,
         refilling = report.refilling,
         moved = report.moved,
+        restarts = report.restarts,
         first_error = first,
         elapsed_ms,
-        "tree left in quarantine; it is retried at the next start"
+        "tree left in quarantine; it is retried at the next start, or now by an operator's `builddir-ctl remove ID`"
     );
 }
 

@@ -115,7 +115,7 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
                 tracing::warn!(trash = t, path = %layout.root_path().join("b").join(name.to_string_lossy().as_ref()).display(), "orphan build dir (no live lease) moved to trash")
             }
             Err(e) => {
-                tracing::error!(name = %name.to_string_lossy(), error = %e, "cannot move orphan to trash")
+                tracing::error!(name = ?name, error = %e, "cannot move orphan to trash")
             }
         }
     }
@@ -124,9 +124,9 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
         let Some(id) = LeaseId::parse(&name.to_string_lossy()) else {
             continue;
         };
-        daemon
-            .table
-            .restore(recover_kept(daemon, id, name), Restored::Kept);
+        if let Some(record) = recover_kept(daemon, id, name) {
+            daemon.table.restore(record, Restored::Kept);
+        }
     }
     let trash = names_in(layout.trash.as_fd());
     for name in &trash {
@@ -157,11 +157,14 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
 /// A hand-over the last daemon did not finish is finished first, so the
 /// tree is listed as the requester's, setuid bits gone. A tree without a
 /// record (kept by an older daemon) is its build directory's owner's.
-fn recover_kept(daemon: &Daemon, id: LeaseId, name: &CString) -> LeaseRecord {
+/// A hand-over whose walk cannot reach every entry is not finished: the
+/// tree goes to trash (reaped below, charged to its owner) and `None` is
+/// returned.
+fn recover_kept(daemon: &Daemon, id: LeaseId, name: &CString) -> Option<LeaseRecord> {
     let layout = &daemon.layout;
     let Ok((_, mut meta)) = registry::open_record(layout, layout.kept.as_fd(), id) else {
         let (uid, gid) = owner_of_build(layout.kept.as_fd(), name).unwrap_or((0, 0));
-        return recovered(id, uid, gid);
+        return Some(recovered(id, uid, gid));
     };
     if meta.hand_over.is_some() {
         tracing::info!(lease_id = %id, "finishing a hand-over interrupted by a restart");
@@ -169,6 +172,17 @@ fn recover_kept(daemon: &Daemon, id: LeaseId, name: &CString) -> LeaseRecord {
             Ok(_) => {
                 if let Ok((_, m)) = registry::open_record(layout, layout.kept.as_fd(), id) {
                     meta = m;
+                }
+            }
+            Err(e @ crate::lease::end::NotHandedOver::Incomplete { .. }) => {
+                match move_to_trash(layout, layout.kept.as_fd(), name) {
+                    Ok(t) => {
+                        tracing::warn!(lease_id = %id, error = %e, trash = t, "an interrupted hand-over cannot reach every entry; the tree is deleted");
+                        return None;
+                    }
+                    Err(m) => {
+                        tracing::error!(lease_id = %id, error = %e, move_error = %m, "an interrupted hand-over cannot reach every entry, and the tree cannot be moved to trash; retried at the next start")
+                    }
                 }
             }
             Err(e) => {
@@ -181,7 +195,7 @@ fn recover_kept(daemon: &Daemon, id: LeaseId, name: &CString) -> LeaseRecord {
         .kept_unix
         .map(|t| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t));
     record.secret.clear();
-    record
+    Some(record)
 }
 
 /// Matches stored connections to live leases. Several leases may share one

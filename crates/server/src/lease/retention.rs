@@ -1,7 +1,11 @@
-//! Kept trees do not pile up: at most `kept_max_count` trees, at most
-//! `kept_max_bytes` in total, none older than `kept_max_age_secs`; the
-//! oldest go first. Applied after every keep and once a minute.
+//! Kept trees do not pile up: per owner at most `kept_max_count` trees and
+//! `kept_max_bytes` bytes, none older than `kept_max_age_secs`, and
+//! optionally at most `kept_total_max_count` / `kept_total_max_bytes` over
+//! all owners; the oldest go first. Per owner, so that one user's keeps
+//! never evict another user's tree (only the optional totals do). Applied
+//! after every keep and once a minute.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -34,22 +38,47 @@ pub fn remove_kept(daemon: &Arc<Daemon>, id: LeaseId, why: &str) -> bool {
 
 /// Measures kept trees whose size is unknown (recovered at start), then
 /// deletes the oldest until every retention limit holds.
+///
+/// Each measurement is a bounded walk; a tree whose walk stops early has no
+/// size (what was counted is only a lower bound, and a tree that changes
+/// under a walk has a live writer it should not have), so it is deleted
+/// with the reason logged rather than counted as small.
 pub async fn enforce(daemon: &Arc<Daemon>) {
     let unsized_ids = daemon
         .table
         .ids(|r| *r.phase() == Phase::Kept && r.size_bytes.is_none());
     for id in unsized_ids {
         let d = daemon.clone();
-        let size = tokio::task::spawn_blocking(move || {
-            crate::lease::size::tree_size(&d, id, LeaseState::Kept)
-        })
-        .await
-        .ok()
-        .flatten();
-        daemon.table.measured(id, size.unwrap_or(0));
+        // On the walk pool, as root's share: waits only for its own
+        // earlier walks; with the pool full, measured at the next tick.
+        let Some(walked) = daemon
+            .walks
+            .run(0, Duration::from_secs(60), move || {
+                crate::lease::size::tree_walk(&d, id, LeaseState::Kept)
+            })
+            .await
+        else {
+            continue;
+        };
+        match walked {
+            Some(report) if report.complete() => daemon.table.measured(id, report.bytes),
+            Some(report) => {
+                let why = report.stopped.map_or("", |s| s.as_str());
+                tracing::warn!(lease_id = %id, stopped = why, entries = report.entries, "kept tree size walk stopped early");
+                remove_kept(daemon, id, "retention: size walk stopped early");
+            }
+            // Gone or unreadable: nothing to count.
+            None => daemon.table.measured(id, 0),
+        }
     }
+    enforce_known(daemon);
+}
+
+/// Deletes the oldest kept trees until every retention limit holds, with
+/// the sizes already known (no walk: fast enough for a reply to wait on).
+pub fn enforce_known(daemon: &Arc<Daemon>) {
     let config = &daemon.config;
-    let mut kept: Vec<(SystemTime, LeaseId, u64)> = daemon
+    let mut kept: Vec<(SystemTime, LeaseId, u64, u32)> = daemon
         .table
         .select(|r| *r.phase() == Phase::Kept)
         .into_iter()
@@ -58,28 +87,46 @@ pub async fn enforce(daemon: &Arc<Daemon>) {
                 r.kept_at.unwrap_or(r.created),
                 r.id,
                 r.size_bytes.unwrap_or(0),
+                r.owner_uid,
             )
         })
         .collect();
     kept.sort();
     let now = SystemTime::now();
-    let mut count = kept.len();
-    let mut bytes: u64 = kept.iter().map(|k| k.2).sum();
-    for (at, id, size) in kept {
+    let mut per_owner: HashMap<u32, (usize, u64)> = HashMap::new();
+    for k in &kept {
+        let e = per_owner.entry(k.3).or_default();
+        e.0 += 1;
+        e.1 += k.2;
+    }
+    let mut total = (kept.len(), kept.iter().map(|k| k.2).sum::<u64>());
+    for (at, id, size, owner) in kept {
+        let mine = per_owner.get(&owner).copied().unwrap_or_default();
+        let over = |limit: u64, value: u64| limit > 0 && value > limit;
         let too_old = config.kept_max_age_secs > 0
             && now.duration_since(at).unwrap_or_default()
                 > Duration::from_secs(config.kept_max_age_secs);
-        let too_many = config.kept_max_count > 0 && count > config.kept_max_count;
-        let too_big = config.kept_max_bytes > 0 && bytes > config.kept_max_bytes;
-        let why = match (too_old, too_many, too_big) {
-            (true, _, _) => "retention: kept_max_age_secs",
-            (_, true, _) => "retention: kept_max_count",
-            (_, _, true) => "retention: kept_max_bytes",
-            _ => break,
+        let why = if too_old {
+            "retention: kept_max_age_secs"
+        } else if over(config.kept_max_count as u64, mine.0 as u64) {
+            "retention: kept_max_count"
+        } else if over(config.kept_max_bytes, mine.1) {
+            "retention: kept_max_bytes"
+        } else if over(config.kept_total_max_count as u64, total.0 as u64) {
+            "retention: kept_total_max_count"
+        } else if over(config.kept_total_max_bytes, total.1) {
+            "retention: kept_total_max_bytes"
+        } else {
+            // Another owner's older trees may still be over their limits.
+            continue;
         };
         if remove_kept(daemon, id, why) {
-            count -= 1;
-            bytes = bytes.saturating_sub(size);
+            if let Some(e) = per_owner.get_mut(&owner) {
+                e.0 -= 1;
+                e.1 = e.1.saturating_sub(size);
+            }
+            total.0 -= 1;
+            total.1 = total.1.saturating_sub(size);
         }
     }
 }

@@ -225,11 +225,21 @@ impl Inner {
         self.leases.get_mut(&id).ok_or(TransitionError::Unknown(id))
     }
 
+    /// Leases that count against the lease limits, in total and of
+    /// requester `uid`: live ones, and trees on their way out (releasing,
+    /// being reaped, quarantined) until they are really gone — else a user
+    /// whose trees cannot be deleted could fill the disk past every limit.
+    /// Kept trees are bounded by retention instead.
     fn live_counts(&self, uid: u32) -> (usize, usize) {
-        let live = self
-            .leases
-            .values()
-            .filter(|r| matches!(r.phase, Phase::Live { .. }));
+        let live = self.leases.values().filter(|r| {
+            matches!(
+                r.phase,
+                Phase::Live { .. }
+                    | Phase::Releasing { .. }
+                    | Phase::Reaping { .. }
+                    | Phase::Quarantined { .. }
+            )
+        });
         live.fold((0, 0), |(all, mine), r| {
             (all + 1, mine + usize::from(r.peer.uid == uid))
         })
@@ -303,6 +313,16 @@ impl LeaseTable {
     /// Live leases: (all, of `uid` as requester).
     pub fn live_counts(&self, uid: u32) -> (usize, usize) {
         self.lock().live_counts(uid)
+    }
+
+    /// The sum of the size limits of every lease in the table, whatever
+    /// its state (a tmpfs lease holds its memory until it is gone).
+    pub fn limit_bytes_total(&self) -> u64 {
+        self.lock()
+            .leases
+            .values()
+            .filter_map(|r| r.limit_bytes)
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Leases by state: (live, kept, reaping, quarantined).
@@ -459,6 +479,23 @@ impl LeaseTable {
         }
         inner.leases.remove(&id);
         Ok(inner.leases.len())
+    }
+
+    /// An operator retries a quarantined tree: it is being reaped again.
+    /// Returns its trash name.
+    pub fn retry_reap(&self, id: LeaseId) -> Result<String, TransitionError> {
+        let mut inner = self.lock();
+        let r = inner.record(id)?;
+        match &r.phase {
+            Phase::Quarantined { trash } => {
+                let trash = trash.clone();
+                r.phase = Phase::Reaping {
+                    trash: trash.clone(),
+                };
+                Ok(trash)
+            }
+            other => Err(wrong(id, other, "quarantined")),
+        }
     }
 
     /// The reap of `id` gave up: the tree stays in trash, quarantined.

@@ -18,8 +18,12 @@
 //! - No recursion: the walk keeps its stack on the heap, and at most
 //!   [`Limits::max_open_dirs`] directories open. Older ancestors are closed
 //!   and reopened on the way back up through `..`, checked against the
-//!   device and inode recorded on the way down; any mismatch (the tree was
-//!   rearranged under us) stops the walk.
+//!   device and inode recorded on the way down. A mismatch means the tree
+//!   was rearranged under us (an ancestor moved): the walk starts again
+//!   from the top — which lives in the root-only trash, where the build
+//!   cannot move it — keeping everything already deleted, at most
+//!   [`Limits::max_restarts`] times. Only past that bound is the tree left
+//!   in quarantine.
 //! - A directory that is not empty after a full pass (a live writer) is
 //!   rescanned at most [`Limits::max_refills`] times, then given up.
 //! - Errors never stop the walk early (except the rearrangement above): the
@@ -50,6 +54,11 @@ pub struct Limits {
     /// names as fast as we remove them would otherwise keep a pass from
     /// ever reaching its end; no real build makes a directory this large.
     pub max_pass_entries: u64,
+    /// Fresh starts from the top after the tree was rearranged under the
+    /// walk. Each start keeps what earlier ones deleted, so a tree whose
+    /// builder stopped moving things is always finished; one that keeps
+    /// moving ancestors faster than we can delete is quarantined.
+    pub max_restarts: u32,
 }
 
 impl Default for Limits {
@@ -58,6 +67,7 @@ impl Default for Limits {
             max_open_dirs: 32,
             max_refills: 8,
             max_pass_entries: 10_000_000,
+            max_restarts: 64,
         }
     }
 }
@@ -77,8 +87,11 @@ pub struct Report {
     pub mount_points: u64,
     /// True if a directory kept refilling past the limit.
     pub refilling: bool,
-    /// True if the walk stopped because the tree was rearranged under it.
+    /// True if the walk stopped because the tree was rearranged under it
+    /// more than [`Limits::max_restarts`] times.
     pub moved: bool,
+    /// Fresh starts from the top after the tree was rearranged under it.
+    pub restarts: u32,
 }
 
 static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
@@ -144,6 +157,8 @@ struct Walk<'p> {
     /// Frames `stack[first_open..]` are open; those below are evicted.
     first_open: usize,
     report: Report,
+    /// Set when an ancestor was not where we left it: start over.
+    restart: bool,
 }
 
 enum Step {
@@ -164,8 +179,28 @@ pub fn remove_tree(parent: BorrowedFd<'_>, name: &CStr, limits: Limits) -> Repor
         names: Vec::new(),
         first_open: 0,
         report: Report::default(),
+        restart: false,
     };
-    walk.run(name);
+    loop {
+        walk.run(name);
+        if !walk.restart {
+            break;
+        }
+        walk.restart = false;
+        walk.stack.clear();
+        walk.names.clear();
+        walk.first_open = 0;
+        if walk.report.restarts >= walk.limits.max_restarts {
+            walk.report.moved = true;
+            walk.fail(
+                Some(name),
+                "moved during deletion too many times; stopped",
+                Errno::STALE,
+            );
+            break;
+        }
+        walk.report.restarts += 1;
+    }
     walk.report
 }
 
@@ -492,9 +527,9 @@ impl Walk<'_> {
                     }
                 }
             }
-            Ok(_) => {
-                self.report.moved = true;
-                self.fail(None, "moved during deletion; stopped", Errno::STALE);
+            // Moved (or removed) under us: start again from the top.
+            Ok(_) | Err(Errno::NOENT | Errno::STALE) => {
+                self.restart = true;
                 false
             }
             Err(e) => {
@@ -570,6 +605,59 @@ mod tests {
         let r = remove_tree(trash.as_fd(), c"t", limits);
         assert!(r.complete, "{r:?}");
         assert_eq!(r.removed, 301);
+    }
+
+    /// Builds `t/pN/m/<40 levels>` and `t/qN` for N in 0..movers, then
+    /// deletes `t` with a 3-fd budget while threads rename each `m` between
+    /// its `p` and its `q` in a tight loop: the deletion must still finish.
+    #[test]
+    fn ancestors_moved_during_the_reap_do_not_stop_it() {
+        let s = Scratch::new("moving");
+        let trash = s.trash();
+        let t = s.0.join("trash/t");
+        let movers = 8;
+        for n in 0..movers {
+            fs::create_dir_all(t.join(format!("q{n}"))).unwrap();
+            let mut deep = t.join(format!("p{n}/m"));
+            for _ in 0..40 {
+                deep.push("d");
+            }
+            fs::create_dir_all(&deep).unwrap();
+            fs::write(deep.join("f"), b"x").unwrap();
+        }
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..movers)
+            .map(|n| {
+                let p =
+                    openat(&trash, format!("t/p{n}").as_str(), DIR_FLAGS, Mode::empty()).unwrap();
+                let q =
+                    openat(&trash, format!("t/q{n}").as_str(), DIR_FLAGS, Mode::empty()).unwrap();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut moves = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        if rustix::fs::renameat(&p, "m", &q, "m").is_ok() {
+                            moves += 1;
+                        }
+                        if rustix::fs::renameat(&q, "m", &p, "m").is_ok() {
+                            moves += 1;
+                        }
+                    }
+                    moves
+                })
+            })
+            .collect();
+        let limits = Limits {
+            max_open_dirs: 3,
+            ..Limits::default()
+        };
+        let r = remove_tree(trash.as_fd(), c"t", limits);
+        stop.store(true, Ordering::Relaxed);
+        let moves: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(moves > 0, "the movers never moved anything");
+        assert!(r.complete, "{r:?}");
+        assert!(!r.moved, "{r:?}");
+        assert!(!t.exists());
     }
 
     #[test]

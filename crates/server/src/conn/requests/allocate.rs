@@ -58,6 +58,20 @@ impl Session {
             Ok(limit) => limit,
             Err(e) => return (Response::Error(e), None),
         };
+        // tmpfs leases are memory: their sizes are capped in total, checked
+        // and counted in one step (held until the lease is in the table).
+        let _tmpfs_held = match (&daemon.backend, limit) {
+            (crate::backend::Backend::Tmpfs, Some(l)) => {
+                match daemon
+                    .tmpfs_budget
+                    .hold(l.bytes, || daemon.table.limit_bytes_total())
+                {
+                    Ok(held) => Some(held),
+                    Err(e) => return (Response::Error(e), None),
+                }
+            }
+            _ => None,
+        };
         let secret = match crate::lease::registry::new_secret() {
             Ok(s) => s,
             Err(e) => return error(ErrorKind::Internal, format!("getrandom: {e}")),
@@ -124,7 +138,7 @@ impl Session {
             pid = peer.pid,
             owner_uid = owner.uid,
             owner_gid = owner.gid,
-            name = %name,
+            name = name.as_str(),
             path = %path.display(),
             limit_bytes = limit.map(|l| l.bytes),
             project_id,

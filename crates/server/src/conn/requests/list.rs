@@ -1,7 +1,15 @@
+use std::time::{Duration, Instant};
+
 use builddir_proto::{ErrorKind, LeaseEntry, Response};
 
 use super::{error, Reply, Session};
 use crate::lease::id::LeaseId;
+use crate::tree::walk::Limits;
+
+/// All size walks of one `list --size`, together.
+const LIST_SIZE_BUDGET: Duration = Duration::from_secs(30);
+/// How long a `list --size` waits for the same uid's earlier size walks.
+const LIST_SIZE_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Session {
     pub(super) async fn list(&mut self, all: bool, size: bool) -> Reply {
@@ -25,25 +33,39 @@ impl Session {
                 .then_with(|| a.id.cmp(&b.id))
         });
         if size {
-            // Walking trees is I/O: on the blocking pool, never on a worker.
+            // Walking trees is I/O: on the walk pool (bounded, a share per
+            // uid), never on a worker. No place free: listed without sizes,
+            // at once, rather than waiting for other users' walks.
             let daemon = self.daemon.clone();
-            let sized = tokio::task::spawn_blocking(move || {
-                for row in &mut rows {
-                    if let Some(id) = LeaseId::parse(&row.id) {
-                        row.size_bytes = crate::lease::size::lease_size(&daemon, id, row.state);
+            let end = Instant::now() + LIST_SIZE_BUDGET;
+            let unsized_rows = rows.clone();
+            let sized = self
+                .daemon
+                .walks
+                .run(uid, LIST_SIZE_PATIENCE, move || {
+                    for row in &mut rows {
+                        let left = end.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break; // the rest stay unknown
+                        }
+                        if let Some(id) = LeaseId::parse(&row.id) {
+                            let limits = Limits {
+                                max_time: left.min(Limits::default().max_time),
+                                ..Limits::default()
+                            };
+                            row.size_bytes = crate::lease::size::lease_size_within(
+                                &daemon, id, row.state, limits,
+                            );
+                        }
                     }
-                }
-                rows
-            })
-            .await;
+                    rows
+                })
+                .await;
             rows = match sized {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::error!(error = %e, "list --size walk failed");
-                    return error(
-                        ErrorKind::Internal,
-                        format!("measuring sizes failed ({e}); retry without --size"),
-                    );
+                Some(rows) => rows,
+                None => {
+                    tracing::info!(uid, "size walks busy; listed without sizes");
+                    unsized_rows
                 }
             };
         }

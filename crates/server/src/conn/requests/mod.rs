@@ -10,7 +10,7 @@ mod release;
 mod status;
 
 /// Where it lived before it moved to the lease module.
-pub use crate::lease::size::tree_size;
+pub use crate::lease::size::{tree_size, tree_walk};
 pub use status::status_report;
 
 use std::os::fd::OwnedFd;
@@ -55,6 +55,8 @@ impl Session {
     /// Answers one request. Never panics on any input; every refusal is a
     /// typed error and a log line.
     pub async fn handle(&mut self, request: Request) -> Reply {
+        // A refused reclaim logs itself, once per window per uid.
+        let logs_itself = matches!(request, Request::Reclaim { .. });
         let reply = match request {
             // Boxed: an idle connection's task then holds a pointer, not
             // the largest request's state (10 000 connections × its size).
@@ -76,7 +78,9 @@ impl Session {
         };
         if let (Response::Error(e), _) = &reply {
             self.daemon.counters.refused(e.kind);
-            tracing::info!(uid = self.peer.uid, pid = self.peer.pid, kind = %e.kind, message = %e.message, "request refused");
+            if !logs_itself {
+                tracing::info!(uid = self.peer.uid, pid = self.peer.pid, kind = %e.kind, message = e.message.as_str(), "request refused");
+            }
         }
         reply
     }

@@ -3,7 +3,7 @@ use builddir_proto::{ErrorKind, LeaseState, Released, Response};
 use builddir_proto::ErrorReply;
 
 use super::{error, refusal, Reply, Session};
-use crate::lease::end::Ender;
+use crate::lease::end::{Ender, NotHandedOver};
 use crate::lease::id::LeaseId;
 
 impl Session {
@@ -61,6 +61,16 @@ impl Session {
                     ))
                 }
             }
+            // An operator's retry, without a restart (the builder may have
+            // stopped, the mount inside may be gone).
+            LeaseState::Quarantined => match self.daemon.table.retry_reap(record.id) {
+                Ok(trash) => {
+                    tracing::info!(lease_id = %record.id, uid = self.peer.uid, trash, "quarantined tree: reap retried");
+                    crate::lease::reaper::spawn(self.daemon.clone(), trash, Some(record.id));
+                    Ok(())
+                }
+                Err(e) => Err(ErrorReply::new(ErrorKind::NotFound, e.to_string())),
+            },
             state => Err(ErrorReply::new(
                 ErrorKind::NotFound,
                 format!("lease {id} is {state} already"),
@@ -99,6 +109,25 @@ impl Session {
         let path = kept.path.display().to_string();
         match kept.not_handed_over {
             None => Ok(Some(path)),
+            Some(NotHandedOver::Incomplete { why, changed }) => {
+                let limits = crate::lease::hand_over::limits(&self.daemon.config);
+                Err(ErrorReply::new(
+                    // A tree that changed under the walk has a live writer;
+                    // one too big for the bounds is over a limit.
+                    if changed {
+                        ErrorKind::Busy
+                    } else {
+                        ErrorKind::QuotaExceeded
+                    },
+                    format!(
+                        "lease {id} was released but its tree was not kept: {why}; it is being deleted \
+                         (a kept tree must be walked whole: at most {} entries, {} levels, {} s)",
+                        limits.max_entries,
+                        limits.max_depth,
+                        limits.max_time.as_secs(),
+                    ),
+                ))
+            }
             Some(why) => Err(ErrorReply::new(
                 ErrorKind::Internal,
                 format!("the tree is kept at {path} but not handed over to you: {why}; the daemon retries at its next start"),

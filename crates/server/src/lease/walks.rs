@@ -1,0 +1,152 @@
+//! Size walks (`list --size`, retention's measurements) run on a bounded
+//! pool of their own: at most [`WALKS_TOTAL`] at once over all users and
+//! [`WALKS_PER_UID`] per requesting uid, each on a blocking thread holding
+//! at most 16 directory fds (see [`crate::tree::walk::Limits`]).
+//!
+//! So one uid asking for sizes over and over (or over a hostile tree) can
+//! neither take all of tokio's blocking threads — which reaps and
+//! hand-overs need — nor the daemon's fds. A request never waits for a
+//! place held by another user's walk: if the pool is full, it is answered
+//! without sizes (unknown) at once. It waits, for a bounded time, only for
+//! its own uid's earlier walks.
+//!
+//! Hand-overs (a keep) are not refused for a full pool: each requesting uid
+//! runs one at a time ([`WalkPool::hand_over_place`]), so one uid's many
+//! keeps queue behind each other, never in front of another user's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Size walks at once, all users.
+pub const WALKS_TOTAL: usize = 4;
+/// Size walks at once per requesting uid.
+pub const WALKS_PER_UID: usize = 1;
+
+/// Places for size walks.
+#[derive(Debug)]
+pub struct WalkPool {
+    total: Arc<Semaphore>,
+    per_uid: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    hand_overs: Mutex<HashMap<u32, Arc<Semaphore>>>,
+}
+
+impl Default for WalkPool {
+    fn default() -> WalkPool {
+        WalkPool {
+            total: Arc::new(Semaphore::new(WALKS_TOTAL)),
+            per_uid: Mutex::new(HashMap::new()),
+            hand_overs: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// The semaphore of `uid` in `map`, created with `permits` places.
+fn share_of(map: &Mutex<HashMap<u32, Arc<Semaphore>>>, uid: u32, permits: usize) -> Arc<Semaphore> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    // Drop idle uids' semaphores so the map stays small.
+    if map.len() > 1024 {
+        map.retain(|_, s| s.available_permits() < permits);
+    }
+    map.entry(uid)
+        .or_insert_with(|| Arc::new(Semaphore::new(permits)))
+        .clone()
+}
+
+/// A place in the pool, held until the walk ends (dropped on its thread).
+#[derive(Debug)]
+pub struct WalkPlace {
+    _mine: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+impl WalkPool {
+    /// Takes a place for a walk on behalf of `uid`: waits at most `patience`
+    /// for `uid`'s own earlier walks, never for other users'. `None`: no
+    /// place (answer without the walk).
+    pub async fn place(&self, uid: u32, patience: Duration) -> Option<WalkPlace> {
+        let mine = share_of(&self.per_uid, uid, WALKS_PER_UID);
+        let mine = tokio::time::timeout(patience, mine.acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        Some(WalkPlace {
+            _mine: mine,
+            _total: total,
+        })
+    }
+
+    /// A place for one hand-over requested by `uid`: waits for `uid`'s own
+    /// earlier hand-over only. Held until the hand-over ends.
+    pub async fn hand_over_place(&self, uid: u32) -> Option<OwnedSemaphorePermit> {
+        share_of(&self.hand_overs, uid, 1)
+            .acquire_owned()
+            .await
+            .ok()
+    }
+
+    /// Runs the blocking `walk` in a place for `uid`, or returns `None` at
+    /// once if there is none (see [`WalkPool::place`]).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        uid: u32,
+        patience: Duration,
+        walk: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let place = self.place(uid, patience).await?;
+        tokio::task::spawn_blocking(move || {
+            let out = walk();
+            drop(place);
+            out
+        })
+        .await
+        .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_uid_gets_its_share_and_never_waits_for_others() {
+        let pool = WalkPool::default();
+        let a = pool.place(1, Duration::ZERO).await.expect("first place");
+        assert!(
+            pool.place(1, Duration::from_millis(10)).await.is_none(),
+            "a second walk of the same uid waits for the first"
+        );
+        let others: Vec<_> = (2..2 + WALKS_TOTAL as u32 - 1)
+            .map(|uid| pool.place(uid, Duration::ZERO))
+            .collect();
+        let mut held = Vec::new();
+        for p in others {
+            held.push(p.await.expect("other uids have places"));
+        }
+        // The pool is full: one more uid is answered at once, not queued.
+        let t0 = std::time::Instant::now();
+        assert!(pool.place(99, Duration::from_secs(5)).await.is_none());
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        drop(a);
+        assert!(pool.place(99, Duration::ZERO).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn hand_overs_queue_per_uid_only() {
+        let pool = WalkPool::default();
+        let first = pool.hand_over_place(1).await.expect("a place");
+        let second = tokio::time::timeout(Duration::from_millis(20), pool.hand_over_place(1));
+        assert!(
+            second.await.is_err(),
+            "the same uid's second hand-over waits"
+        );
+        // However many uid 1 has queued, another uid goes at once.
+        let other = tokio::time::timeout(Duration::from_millis(500), pool.hand_over_place(2));
+        assert!(other.await.expect("not queued").is_some());
+        drop(first);
+        assert!(pool.hand_over_place(1).await.is_some());
+    }
+}
