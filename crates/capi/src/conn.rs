@@ -12,6 +12,7 @@ use rustix::process::{getpid, Pid};
 
 use crate::abi::builddir_status::*;
 use crate::failure::Failure;
+use crate::fork_marker::ForkMarker;
 
 /// Longest socket path a Unix socket address holds (`sun_path` less NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -22,8 +23,11 @@ pub struct Conn {
     client: Client,
     leases: HashMap<String, Held>,
     /// The process that connected: a forked child must not talk on the
-    /// parent's socket (their frames would interleave).
+    /// parent's socket (their frames would interleave). The PID alone is
+    /// fooled by PID namespaces (parent and child both PID 1 of theirs);
+    /// the marker page is not.
     pid: Pid,
+    marker: Option<ForkMarker>,
     /// The timeout set by `builddir_set_timeout`, for a new connection.
     timeout: Option<std::time::Duration>,
 }
@@ -94,12 +98,14 @@ impl Conn {
             client,
             leases: HashMap::new(),
             pid: getpid(),
+            marker: ForkMarker::new(),
             timeout: None,
         })
     }
 
     fn same_process(&self) -> Result<(), Failure> {
-        if getpid() == self.pid {
+        let maker = self.marker.as_ref().is_none_or(ForkMarker::in_maker);
+        if maker && getpid() == self.pid {
             return Ok(());
         }
         Err(Failure::invalid(
@@ -232,7 +238,9 @@ impl Conn {
 
 /// Closes the lease's descriptor if the number still refers to the build
 /// dir we received (the caller may have closed it, and the number been
-/// reused); otherwise leaves that number alone.
+/// reused); otherwise leaves that number alone. The limit, documented in
+/// the header: a caller that closed it and opened the same directory again
+/// under the same number loses that descriptor.
 fn close_if_ours(fd: OwnedFd, dev: u64, ino: u64) {
     let same = rustix::fs::fstat(&fd).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino);
     if same {
