@@ -420,6 +420,58 @@ mod tests {
     }
 
     #[test]
+    fn an_fd_belongs_to_the_frame_it_came_with_not_to_an_earlier_one() {
+        let (a, b) = pair();
+        let mut tx = BlockingConnection::new(a, FdPolicy::Refuse);
+        let mut rx = BlockingConnection::new(b, FdPolicy::Accept);
+        let dir = std::fs::File::open("/").unwrap();
+        tx.write(&Request::Status, None).unwrap();
+        tx.write(&Request::Metrics, Some(dir.as_fd())).unwrap();
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Status);
+        assert!(
+            rx.take_fd().is_none(),
+            "the second frame's fd went to the first"
+        );
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Metrics);
+        assert_eq!(rx.fds_with_last(), 1);
+        assert!(rx.take_fd().is_some());
+    }
+
+    #[test]
+    fn an_unclaimed_fd_is_closed_when_the_next_message_is_read() {
+        let (a, b) = pair();
+        let mut tx = BlockingConnection::new(a, FdPolicy::Refuse);
+        let mut rx = BlockingConnection::new(b, FdPolicy::Accept);
+        let dir = std::fs::File::open("/").unwrap();
+        tx.write(&Request::Status, Some(dir.as_fd())).unwrap();
+        tx.write(&Request::Metrics, None).unwrap();
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Status);
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Metrics);
+        assert!(rx.take_fd().is_none());
+        assert_eq!(rx.fds_with_last(), 0);
+    }
+
+    #[test]
+    fn fds_beyond_the_first_of_a_frame_are_counted_and_closed() {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use std::mem::MaybeUninit;
+        let (a, b) = pair();
+        let mut rx = BlockingConnection::new(b, FdPolicy::Accept);
+        let dir = std::fs::File::open("/").unwrap();
+        let fds = [dir.as_fd(), dir.as_fd(), dir.as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        let frame = codec::encode_frame(&Request::Status).unwrap();
+        let iov = [std::io::IoSlice::new(&frame)];
+        sendmsg(&a, &iov, &mut control, SendFlags::empty()).unwrap();
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Status);
+        assert_eq!(rx.fds_with_last(), 3);
+        assert!(rx.take_fd().is_some());
+        assert!(rx.take_fd().is_none());
+    }
+
+    #[test]
     fn a_read_timeout_is_timed_out() {
         let (_a, b) = pair();
         b.set_read_timeout(Some(std::time::Duration::from_millis(20)))
