@@ -153,12 +153,8 @@ fn a_keep_that_fails_on_the_wire_can_be_reclaimed_by_reconnect_and_kept_after() 
             (0, Request::Allocate { .. }) => p.allocated("id1"),
             // The daemon goes away before answering the keep.
             (0, Request::Release { .. }) => return Next::Hang,
-            (1, Request::Reclaim { id, secret }) => {
-                if secret == format!("secret-{id}") {
-                    p.send(&Response::Reclaimed { id }, None);
-                } else {
-                    return Next::Hang;
-                }
+            (1, Request::Reclaim { id, secret }) if secret == format!("secret-{id}") => {
+                p.send(&Response::Reclaimed { id }, None)
             }
             (1, Request::Release { id, keep }) => p.released(&id, keep),
             _ => return Next::Hang,
