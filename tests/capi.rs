@@ -237,6 +237,8 @@ fn c_fork_exec_child_has_none_of_the_library_fds_and_cannot_use_the_connection()
     for program in [&p.plain, &p.sanitized] {
         scenario(program, None, &["fork", socket(&d), lister]);
         scenario(program, Some(USER_A), &["fork", socket(&d), lister]);
+        // A child with its parent's PID (PID 1 of nested namespaces).
+        scenario(program, None, &["pidns", socket(&d)]);
     }
 }
 

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -538,6 +539,62 @@ static int forking(const char *socket, const char *lister) {
     return 0;
 }
 
+static void pidns_init(const char *socket);
+
+/* A forked child in a new PID namespace can have its parent's PID (both
+   PID 1 of theirs); its use of the connection is refused all the same.
+   Root only (unshare(CLONE_NEWPID)). */
+static int pidns(const char *socket) {
+    /* Only forked helpers unshare (and leave by _exit): LeakSanitizer's
+       exit-time check cannot run in a process that unshared. */
+    pid_t helper = fork();
+    CHECK(helper >= 0, "fork: %s", strerror(errno));
+    if (helper == 0) {
+        if (unshare(CLONE_NEWPID) != 0) {
+            printf("FAIL: unshare(CLONE_NEWPID): %s (run as root)\n", strerror(errno));
+            fflush(stdout);
+            _exit(1);
+        }
+        pid_t init = fork();
+        if (init < 0) _exit(1);
+        if (init != 0) {
+            int st;
+            waitpid(init, &st, 0);
+            _exit(WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1);
+        }
+        /* PID 1 of a new namespace from here on. */
+        pidns_init(socket);
+    }
+    int st;
+    waitpid(helper, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "PID 1 of the new namespace: status %d", st);
+    return 0;
+}
+
+static void pidns_init(const char *socket) {
+    CHECK(getpid() == 1, "pid %d in the new namespace", (int)getpid());
+    builddir_conn *c = connect_ok(socket);
+    builddir_lease a;
+    allocate_ok(c, "capi-pidns", NULL, NULL, &a);
+    CHECK(unshare(CLONE_NEWPID) == 0, "unshare(CLONE_NEWPID): %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (getpid() != 1) _exit(4);
+        builddir_status s = builddir_release(c, &a, NULL, err, sizeof err);
+        _exit(s == BUILDDIR_ERR_INVALID_ARGUMENT ? 0 : 3);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+          "child status %d (3: a child with its parent's PID used the connection; 4: child not PID 1)", st);
+    CHECK(access(a.path, F_OK) == 0, "lease gone after the child's attempt");
+    builddir_status s = builddir_release(c, &a, NULL, err, sizeof err);
+    CHECK(s == BUILDDIR_OK, "release: %s: %s", ST(s), err);
+    builddir_close(c);
+    fflush(stdout);
+    _exit(0);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 3) {
@@ -555,6 +612,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(what, "reconnect")) rc = reconnect(socket);
     else if (!strcmp(what, "args")) rc = args(socket);
     else if (!strcmp(what, "fork") && argc == 4) rc = forking(socket, argv[3]);
+    else if (!strcmp(what, "pidns")) rc = pidns(socket);
     else fprintf(stderr, "capi_test: unknown scenario %s\n", what);
     if (rc == 0) printf("PASS %s\n", what);
     return rc;

@@ -16,10 +16,21 @@
  *     BUILDDIR_ERR_INVALID_ARGUMENT;
  *   - strings are UTF-8 (else BUILDDIR_ERR_INVALID_ARGUMENT).
  *
+ * Out of step: a call that fails on the wire (the connection broke, a
+ * timeout, a reply that is malformed or does not fit the request) leaves
+ * the connection unusable, since a late reply could be taken for the next
+ * call's answer. Every later call on it but builddir_reconnect and
+ * builddir_close fails with BUILDDIR_ERR_IO ("the connection is out of
+ * step: close it and connect again"). The daemon's own typed errors
+ * (BUILDDIR_ERR_PERMISSION_DENIED, ...) leave it usable.
+ *
  * fork(): a connection belongs to the process that made it. The parent goes
  * on using it after fork(); a child that calls anything but builddir_close
  * on it gets BUILDDIR_ERR_INVALID_ARGUMENT (frames from two processes on
- * one socket would interleave). Since every descriptor is close-on-exec, a
+ * one socket would interleave). A child is told from its parent by a
+ * MADV_WIPEONFORK page (Linux 4.14 and later), so a child that has its
+ * parent's PID in another PID namespace is refused too; on older kernels
+ * only the PID is compared. Since every descriptor is close-on-exec, a
  * child that execs has none of the library's.
  *
  * Threads: a connection is not thread-safe; use one per thread, or lock.
@@ -74,7 +85,8 @@ typedef struct builddir_lease {
 
 typedef struct builddir_outcome {
     char kept_path[BUILDDIR_PATH_MAX];    /* "" unless kept */
-    int  limit_reached;                   /* 1 if the build hit its size/inode limit, else 0 */
+    int  limit_reached;                   /* 1 if the build's tree was full (size/inode limit)
+                                             when the lease ended, else 0 */
 } builddir_outcome;
 
 /* The library version, a static string. */
@@ -95,7 +107,10 @@ builddir_status builddir_connect(const char *socket_path, builddir_conn **out,
    (another owner needs an owner grant in the daemon's config; root may assign any).
    limits NULL (or both 0): the daemon's defaults. On success *out is filled; out->dir_fd
    is owned by the lease and closed by keep/release (or builddir_close): do not close it
-   yourself. On failure out->dir_fd is -1 and out->id is "". */
+   yourself. (Those close the number only if it still refers to the lease's directory,
+   by device and inode: if you closed it and that number now names another descriptor of
+   the same directory, that one is closed.) On failure out->dir_fd is -1 and out->id
+   is "". */
 builddir_status builddir_allocate(builddir_conn *conn, const char *name,
                                   const builddir_owner *owner, const builddir_limits *limits,
                                   builddir_lease *out, char *err, size_t errlen);
@@ -116,9 +131,10 @@ builddir_status builddir_release(builddir_conn *conn, builddir_lease *lease,
    connection (documented); since every fd is close-on-exec, an exec'd child has none. */
 void builddir_close(builddir_conn *conn);
 
-/* Bounds how long each later call waits for the daemon, in milliseconds (0: no bound,
-   the default). A call that runs out fails with BUILDDIR_ERR_IO; the connection is
-   out of step after that: close it. */
+/* Bounds how long each later call may take in all, request to reply, in milliseconds
+   (0: no bound, the default); a daemon that answers a byte at a time runs into it too.
+   A call that runs out fails with BUILDDIR_ERR_IO and the connection is out of step
+   after it: close it (the daemon then releases its leases) and connect again. */
 builddir_status builddir_set_timeout(builddir_conn *conn, uint32_t timeout_ms,
                                      char *err, size_t errlen);
 
@@ -128,9 +144,10 @@ builddir_status builddir_set_timeout(builddir_conn *conn, uint32_t timeout_ms,
    their dir_fds stay valid. Leases the daemon no longer has are dropped from conn (their
    dir_fd closed; ending them is BUILDDIR_ERR_INVALID_ARGUMENT) and counted in *lost (lost
    may be NULL). Use it only after BUILDDIR_ERR_IO: leases still held by a live old
-   connection cannot be taken over and count as lost. On failure conn keeps its old
-   connection and the call may be retried (leases taken over before the failure may then
-   count as lost). */
+   connection cannot be taken over and count as lost. A lease whose keep or release failed
+   on the wire stays held on conn (its dir_fd closed) and is taken over too: end it again
+   after. On failure conn keeps its old connection and the call may be retried (leases
+   taken over before the failure may then count as lost). */
 builddir_status builddir_reconnect(builddir_conn *conn, uint32_t *lost,
                                    char *err, size_t errlen);
 

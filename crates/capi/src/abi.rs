@@ -13,90 +13,65 @@ pub const BUILDDIR_ID_MAX: usize = 64;
 /// Bytes of the path buffers, NUL included.
 pub const BUILDDIR_PATH_MAX: usize = 4096;
 
-/// Every call's result. Values are fixed: new ones are only ever appended.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(clippy::enum_variant_names)]
-pub enum builddir_status {
-    BUILDDIR_OK = 0,
-    BUILDDIR_ERR_INVALID_ARGUMENT = 1,
-    BUILDDIR_ERR_CONNECT = 2,
-    BUILDDIR_ERR_PROTOCOL = 3,
-    BUILDDIR_ERR_IO = 4,
-    BUILDDIR_ERR_PERMISSION_DENIED = 5,
-    BUILDDIR_ERR_QUOTA_EXCEEDED = 6,
-    BUILDDIR_ERR_NO_SPACE = 7,
-    BUILDDIR_ERR_INVALID_NAME = 8,
-    BUILDDIR_ERR_NOT_FOUND = 9,
-    BUILDDIR_ERR_BUSY = 10,
-    BUILDDIR_ERR_INTERNAL = 11,
-    BUILDDIR_ERR_BAD_REQUEST = 12,
+/// Declares `builddir_status` and its tables from one list, so that no
+/// table can leave a variant out (`ALL` is built from the same list as the
+/// enum itself).
+macro_rules! statuses {
+    ($( $variant:ident = $value:literal => $name:literal, )*) => {
+        /// Every call's result. Values are fixed: new ones are only ever
+        /// appended.
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[allow(clippy::enum_variant_names)]
+        pub enum builddir_status {
+            $( $variant = $value, )*
+        }
+
+        impl builddir_status {
+            /// Every status, in value order.
+            pub const ALL: &'static [builddir_status] = &[ $( builddir_status::$variant, )* ];
+
+            /// The C enumerator's name (for the header check).
+            pub fn c_name(self) -> &'static str {
+                match self {
+                    $( builddir_status::$variant => stringify!($variant), )*
+                }
+            }
+
+            /// The stable kebab-case name `builddir_status_str` returns,
+            /// NUL terminated (a static string).
+            pub fn name_nul(self) -> &'static str {
+                match self {
+                    $( builddir_status::$variant => concat!($name, "\0"), )*
+                }
+            }
+        }
+    };
+}
+
+statuses! {
+    BUILDDIR_OK = 0 => "ok",
+    BUILDDIR_ERR_INVALID_ARGUMENT = 1 => "invalid-argument",
+    BUILDDIR_ERR_CONNECT = 2 => "connect",
+    BUILDDIR_ERR_PROTOCOL = 3 => "protocol",
+    BUILDDIR_ERR_IO = 4 => "io",
+    BUILDDIR_ERR_PERMISSION_DENIED = 5 => "permission-denied",
+    BUILDDIR_ERR_QUOTA_EXCEEDED = 6 => "quota-exceeded",
+    BUILDDIR_ERR_NO_SPACE = 7 => "no-space",
+    BUILDDIR_ERR_INVALID_NAME = 8 => "invalid-name",
+    BUILDDIR_ERR_NOT_FOUND = 9 => "not-found",
+    BUILDDIR_ERR_BUSY = 10 => "busy",
+    BUILDDIR_ERR_INTERNAL = 11 => "internal",
+    BUILDDIR_ERR_BAD_REQUEST = 12 => "bad-request",
 }
 
 impl builddir_status {
-    /// Every status, in value order.
-    pub const ALL: [builddir_status; 13] = [
-        builddir_status::BUILDDIR_OK,
-        builddir_status::BUILDDIR_ERR_INVALID_ARGUMENT,
-        builddir_status::BUILDDIR_ERR_CONNECT,
-        builddir_status::BUILDDIR_ERR_PROTOCOL,
-        builddir_status::BUILDDIR_ERR_IO,
-        builddir_status::BUILDDIR_ERR_PERMISSION_DENIED,
-        builddir_status::BUILDDIR_ERR_QUOTA_EXCEEDED,
-        builddir_status::BUILDDIR_ERR_NO_SPACE,
-        builddir_status::BUILDDIR_ERR_INVALID_NAME,
-        builddir_status::BUILDDIR_ERR_NOT_FOUND,
-        builddir_status::BUILDDIR_ERR_BUSY,
-        builddir_status::BUILDDIR_ERR_INTERNAL,
-        builddir_status::BUILDDIR_ERR_BAD_REQUEST,
-    ];
-
-    /// The C enumerator's name (for the header check).
-    pub fn c_name(self) -> &'static str {
-        use builddir_status::*;
-        match self {
-            BUILDDIR_OK => "BUILDDIR_OK",
-            BUILDDIR_ERR_INVALID_ARGUMENT => "BUILDDIR_ERR_INVALID_ARGUMENT",
-            BUILDDIR_ERR_CONNECT => "BUILDDIR_ERR_CONNECT",
-            BUILDDIR_ERR_PROTOCOL => "BUILDDIR_ERR_PROTOCOL",
-            BUILDDIR_ERR_IO => "BUILDDIR_ERR_IO",
-            BUILDDIR_ERR_PERMISSION_DENIED => "BUILDDIR_ERR_PERMISSION_DENIED",
-            BUILDDIR_ERR_QUOTA_EXCEEDED => "BUILDDIR_ERR_QUOTA_EXCEEDED",
-            BUILDDIR_ERR_NO_SPACE => "BUILDDIR_ERR_NO_SPACE",
-            BUILDDIR_ERR_INVALID_NAME => "BUILDDIR_ERR_INVALID_NAME",
-            BUILDDIR_ERR_NOT_FOUND => "BUILDDIR_ERR_NOT_FOUND",
-            BUILDDIR_ERR_BUSY => "BUILDDIR_ERR_BUSY",
-            BUILDDIR_ERR_INTERNAL => "BUILDDIR_ERR_INTERNAL",
-            BUILDDIR_ERR_BAD_REQUEST => "BUILDDIR_ERR_BAD_REQUEST",
-        }
-    }
-
-    /// The stable kebab-case name `builddir_status_str` returns, NUL
-    /// terminated (a static string).
-    pub fn name_nul(self) -> &'static str {
-        use builddir_status::*;
-        match self {
-            BUILDDIR_OK => "ok\0",
-            BUILDDIR_ERR_INVALID_ARGUMENT => "invalid-argument\0",
-            BUILDDIR_ERR_CONNECT => "connect\0",
-            BUILDDIR_ERR_PROTOCOL => "protocol\0",
-            BUILDDIR_ERR_IO => "io\0",
-            BUILDDIR_ERR_PERMISSION_DENIED => "permission-denied\0",
-            BUILDDIR_ERR_QUOTA_EXCEEDED => "quota-exceeded\0",
-            BUILDDIR_ERR_NO_SPACE => "no-space\0",
-            BUILDDIR_ERR_INVALID_NAME => "invalid-name\0",
-            BUILDDIR_ERR_NOT_FOUND => "not-found\0",
-            BUILDDIR_ERR_BUSY => "busy\0",
-            BUILDDIR_ERR_INTERNAL => "internal\0",
-            BUILDDIR_ERR_BAD_REQUEST => "bad-request\0",
-        }
-    }
-
     /// The status with C value `v`, if there is one.
     pub fn from_c(v: c_int) -> Option<builddir_status> {
-        usize::try_from(v)
-            .ok()
-            .and_then(|i| builddir_status::ALL.get(i).copied())
+        builddir_status::ALL
+            .iter()
+            .copied()
+            .find(|s| *s as c_int == v)
     }
 }
 

@@ -2,16 +2,17 @@
 //! leases allocated on it. Safe code; `api` does the pointer work.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use builddir_client::blocking::{BuildDir, Client};
+use builddir_client::blocking::Client;
 use builddir_client::{Owner, Released, SizeLimit};
 use builddir_proto::{validate_name, ErrorKind};
 use rustix::process::{getpid, Pid};
 
 use crate::abi::builddir_status::*;
 use crate::failure::Failure;
+use crate::fork_marker::ForkMarker;
 
 /// Longest socket path a Unix socket address holds (`sun_path` less NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -22,20 +23,44 @@ pub struct Conn {
     client: Client,
     leases: HashMap<String, Held>,
     /// The process that connected: a forked child must not talk on the
-    /// parent's socket (their frames would interleave).
+    /// parent's socket (their frames would interleave). The PID alone is
+    /// fooled by PID namespaces (parent and child both PID 1 of theirs);
+    /// the marker page is not.
     pid: Pid,
+    marker: Option<ForkMarker>,
     /// The timeout set by `builddir_set_timeout`, for a new connection.
     timeout: Option<std::time::Duration>,
 }
 
-/// A lease allocated on this connection: its directory, and the identity
-/// of that directory's fd so that ending the lease closes our descriptor
-/// and never a stranger's that reuses the number.
+/// A lease allocated on this connection: its directory's descriptor
+/// (until the lease ends or the caller's call to end it), the identity of
+/// that directory so that ending the lease closes our descriptor and never
+/// a stranger's that reuses the number, and the secret that reclaims it.
 #[derive(Debug)]
 struct Held {
-    dir: BuildDir,
+    fd: Option<OwnedFd>,
     dev: u64,
     ino: u64,
+    secret: String,
+}
+
+impl Held {
+    /// Closes the directory's descriptor (see [`close_if_ours`]).
+    fn close(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            close_if_ours(fd, self.dev, self.ino);
+        }
+    }
+}
+
+/// Returns true if `e` is a failure on the wire: the daemon's answer was not
+/// read (or made no sense), so the lease may well still be held.
+fn on_the_wire(e: &builddir_client::Error) -> bool {
+    use builddir_client::Error as E;
+    matches!(
+        e,
+        E::Proto(_) | E::Io { .. } | E::Unexpected(_) | E::OutOfStep
+    )
 }
 
 /// What the caller's `builddir_lease` gets.
@@ -73,12 +98,14 @@ impl Conn {
             client,
             leases: HashMap::new(),
             pid: getpid(),
+            marker: ForkMarker::new(),
             timeout: None,
         })
     }
 
     fn same_process(&self) -> Result<(), Failure> {
-        if getpid() == self.pid {
+        let maker = self.marker.as_ref().is_none_or(ForkMarker::in_maker);
+        if maker && getpid() == self.pid {
             return Ok(());
         }
         Err(Failure::invalid(
@@ -131,12 +158,14 @@ impl Conn {
             id: dir.id().to_owned(),
             path: dir.path().to_str().unwrap_or_default().to_owned(),
         };
+        let secret = dir.secret().to_owned();
         self.leases.insert(
             granted.id.clone(),
             Held {
-                dir,
+                fd: Some(dir.into_dir()),
                 dev: st.st_dev,
                 ino: st.st_ino,
+                secret,
             },
         );
         Ok(granted)
@@ -144,16 +173,22 @@ impl Conn {
 
     /// Ends lease `id` (kept or released). Its descriptor is closed
     /// whatever the daemon answers; a lease this connection does not hold
-    /// is `BUILDDIR_ERR_INVALID_ARGUMENT`.
+    /// is `BUILDDIR_ERR_INVALID_ARGUMENT`. A call that fails on the wire
+    /// leaves the lease in the table (without its descriptor), so that
+    /// `builddir_reconnect` can still take it over and the caller end it
+    /// after.
     pub fn end(&mut self, id: &str, keep: bool) -> Result<Released, Failure> {
         self.same_process()?;
-        let Some(held) = self.leases.remove(id) else {
+        let Some(held) = self.leases.get_mut(id) else {
             return Err(Failure::invalid(format!(
                 "lease {id:?} is not held on this connection (ended already, or allocated on another); pass a lease builddir_allocate filled in on this connection"
             )));
         };
+        held.close();
         let result = self.client.release(id, keep);
-        close_if_ours(held.dir, held.dev, held.ino);
+        if !matches!(&result, Err(e) if on_the_wire(e)) {
+            self.leases.remove(id);
+        }
         let released = result?;
         if keep && released.kept_path.is_none() {
             return Err(Failure::new(
@@ -183,7 +218,7 @@ impl Conn {
         client.set_timeout(self.timeout)?;
         let mut gone = Vec::new();
         for (id, held) in &self.leases {
-            match client.reclaim_dir(&held.dir) {
+            match client.reclaim(id, &held.secret) {
                 Ok(()) => {}
                 Err(builddir_client::Error::Server(r)) if r.kind == ErrorKind::NotFound => {
                     gone.push(id.clone())
@@ -193,8 +228,8 @@ impl Conn {
         }
         self.client = client;
         for id in &gone {
-            if let Some(held) = self.leases.remove(id) {
-                close_if_ours(held.dir, held.dev, held.ino);
+            if let Some(mut held) = self.leases.remove(id) {
+                held.close();
             }
         }
         Ok(gone.len() as u32)
@@ -203,14 +238,16 @@ impl Conn {
 
 /// Closes the lease's descriptor if the number still refers to the build
 /// dir we received (the caller may have closed it, and the number been
-/// reused); otherwise leaves that number alone.
-fn close_if_ours(dir: BuildDir, dev: u64, ino: u64) {
-    let same = rustix::fs::fstat(dir.dir()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino);
+/// reused); otherwise leaves that number alone. The limit, documented in
+/// the header: a caller that closed it and opened the same directory again
+/// under the same number loses that descriptor.
+fn close_if_ours(fd: OwnedFd, dev: u64, ino: u64) {
+    let same = rustix::fs::fstat(&fd).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino);
     if same {
-        drop(dir);
+        drop(fd);
     } else {
         // Not ours any more: forget the number without closing it.
-        let _ = dir.into_dir().into_raw_fd();
+        let _ = fd.into_raw_fd();
     }
 }
 
@@ -218,8 +255,8 @@ impl Drop for Conn {
     /// Closing the socket releases every lease on the daemon's side; the
     /// directory descriptors are closed the same careful way.
     fn drop(&mut self) {
-        for (_, Held { dir, dev, ino }) in self.leases.drain() {
-            close_if_ours(dir, dev, ino);
+        for (_, mut held) in self.leases.drain() {
+            held.close();
         }
     }
 }

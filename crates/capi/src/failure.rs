@@ -33,11 +33,13 @@ impl From<Error> for Failure {
             Error::Refused(r) | Error::Server(r) => of_kind(r.kind),
             Error::Proto(p) => of_proto(p),
             Error::Unexpected(_) => BUILDDIR_ERR_PROTOCOL,
-            Error::LeaseLost(_) | Error::Io { .. } => BUILDDIR_ERR_IO,
+            Error::LeaseLost(_) | Error::Io { .. } | Error::OutOfStep => BUILDDIR_ERR_IO,
         };
         let message = match &e {
+            Error::Proto(ProtoError::TimedOut) => "builddird did not answer within the timeout: the connection is out of step (a late reply would answer the wrong call); close it (the daemon then releases its leases) and connect again".to_owned(),
+            Error::Proto(p @ ProtoError::FdLimit) => format!("{p}; the connection is out of step: close it (the daemon then releases its leases) and connect again"),
             Error::Proto(p) if status == BUILDDIR_ERR_IO => {
-                format!("connection to builddird lost: {p} — is builddird running? the connection's leases are gone; connect again")
+                format!("connection to builddird lost: {p} — is builddird running? after a daemon restart builddir_reconnect takes the leases over; else close the connection and connect again")
             }
             _ => e.to_string(),
         };
@@ -64,7 +66,9 @@ fn of_kind(kind: ErrorKind) -> builddir_status {
 /// A broken connection is I/O; a peer that says nonsense is protocol.
 fn of_proto(e: &ProtoError) -> builddir_status {
     match e {
-        ProtoError::Io { .. } | ProtoError::Closed | ProtoError::TimedOut => BUILDDIR_ERR_IO,
+        ProtoError::Io { .. } | ProtoError::Closed | ProtoError::TimedOut | ProtoError::FdLimit => {
+            BUILDDIR_ERR_IO
+        }
         ProtoError::Frame(_)
         | ProtoError::Decode(_)
         | ProtoError::Encode(_)

@@ -20,6 +20,11 @@ thread_local! {
 
 fn quiet_hook() {
     static INSTALL: Once = Once::new();
+    // `take_hook` panics while the thread is panicking (a Rust host calling
+    // in from a destructor during unwinding): install on a later call.
+    if std::thread::panicking() {
+        return;
+    }
     INSTALL.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {

@@ -14,6 +14,7 @@ pub mod api;
 mod cbuf;
 mod conn;
 mod failure;
+mod fork_marker;
 mod guard;
 
 pub use abi::*;

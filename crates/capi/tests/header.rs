@@ -4,8 +4,12 @@
 //! compiles it with the system compiler against the checked-in header, and
 //! links and runs it against the built library. Any drift in either
 //! direction fails: a changed Rust signature does not compile here, a
-//! changed header does not compile there, and a function or enumerator
-//! present on one side only is reported by name.
+//! changed header does not compile there (struct fields are checked for
+//! their exact C type, so signedness too), and a function or enumerator
+//! present on one side only is reported by name. The functions the built
+//! `libbuilddir.so` exports (`nm -D`) must be exactly those the header
+//! declares, and the statuses come from the enum's own declaration (no
+//! hand-kept list).
 
 use std::collections::BTreeSet;
 use std::ffi::{c_char, c_int};
@@ -85,7 +89,9 @@ fn header() -> PathBuf {
 fn checks() -> String {
     let mut c = String::from(
         "#include \"builddir.h\"\n#include <stddef.h>\n#include <string.h>\n#include <stdio.h>\n\
-         #ifdef __cplusplus\n#define SA static_assert\n#else\n#define SA _Static_assert\n#endif\n",
+         #ifdef __cplusplus\n#include <type_traits>\n#define SA static_assert\n\
+         #define IS_TYPE(e, T) (std::is_same<std::remove_cv<std::remove_reference<decltype(e)>::type>::type, T>::value)\n\
+         #else\n#define SA _Static_assert\n#define IS_TYPE(e, T) _Generic((e), T: 1, default: 0)\n#endif\n",
     );
     let mut sa = |cond: String| writeln!(c, "SA({cond}, \"{}\");", cond.replace('"', "'")).unwrap();
     macro_rules! layout {
@@ -96,6 +102,13 @@ fn checks() -> String {
                 let v: $ty = unsafe_zeroed();
                 size_of_val(&v.$field)
             })); )*
+            // The exact C type (signedness included) of each field, or of
+            // an array's elements.
+            $( sa({
+                let v: $ty = unsafe_zeroed();
+                let (ctype, index) = c_type_of(&v.$field);
+                format!("IS_TYPE((({}*)0)->{}{index}, {ctype})", stringify!($ty), stringify!($field))
+            }); )*
         };
     }
     layout!(builddir_owner { uid, gid });
@@ -115,7 +128,7 @@ fn checks() -> String {
         "sizeof(builddir_status) == {}",
         size_of::<builddir_status>()
     ));
-    for s in builddir_status::ALL {
+    for &s in builddir_status::ALL {
         sa(format!("{} == {}", s.c_name(), s as c_int));
     }
     sa(format!("BUILDDIR_ID_MAX == {BUILDDIR_ID_MAX}"));
@@ -139,7 +152,7 @@ fn checks() -> String {
     for (name, _, _) in FUNCTIONS {
         writeln!(c, "  (void)check_{name};").unwrap();
     }
-    for s in builddir_status::ALL {
+    for &s in builddir_status::ALL {
         let want = s.name_nul().trim_end_matches('\0');
         writeln!(
             c,
@@ -155,6 +168,31 @@ fn checks() -> String {
     )
     .unwrap();
     c
+}
+
+/// The C type a field of Rust type `T` must have in the header, and the
+/// index expression that reaches a scalar (`"[0]"` for arrays).
+fn c_type_of<T: CType>(_: &T) -> (&'static str, &'static str) {
+    (T::C_TYPE, T::INDEX)
+}
+
+trait CType {
+    const C_TYPE: &'static str;
+    const INDEX: &'static str = "";
+}
+impl CType for u32 {
+    const C_TYPE: &'static str = "uint32_t";
+}
+impl CType for u64 {
+    const C_TYPE: &'static str = "uint64_t";
+}
+// `c_int`, which is `i32` on every target Rust and this library support.
+impl CType for i32 {
+    const C_TYPE: &'static str = "int";
+}
+impl<const N: usize> CType for [c_char; N] {
+    const C_TYPE: &'static str = "char";
+    const INDEX: &'static str = "[0]";
 }
 
 /// A zeroed value of a plain-old-data C struct, only to measure a field.
@@ -275,11 +313,9 @@ fn header_matches_the_library_in_cxx() {
     compile_and_run("c++", "c++");
 }
 
-#[test]
-fn header_declares_exactly_the_library_functions_and_statuses() {
-    let text = std::fs::read_to_string(header()).unwrap();
-    let declared: BTreeSet<String> = text
-        .lines()
+/// The functions `builddir.h` declares (outside comments).
+fn declared_functions(text: &str) -> BTreeSet<String> {
+    text.lines()
         .filter(|l| !l.trim_start().starts_with("/*") && !l.trim_start().starts_with('*'))
         .flat_map(|l| {
             l.match_indices("builddir_")
@@ -293,7 +329,42 @@ fn header_declares_exactly_the_library_functions_and_statuses() {
                 })
                 .collect::<Vec<_>>()
         })
+        .collect()
+}
+
+#[test]
+fn the_built_library_exports_exactly_the_functions_the_header_declares() {
+    let so = lib_dir().join("libbuilddir.so");
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&so)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nm: {e}; install binutils"));
+    assert!(
+        out.status.success(),
+        "nm -D {}: {}",
+        so.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|name| name.starts_with("builddir_"))
+        .map(str::to_owned)
         .collect();
+    let declared = declared_functions(&std::fs::read_to_string(header()).unwrap());
+    assert_eq!(
+        exported,
+        declared,
+        "builddir_* symbols exported by {} (nm -D) vs functions declared in builddir.h",
+        so.display()
+    );
+}
+
+#[test]
+fn header_declares_exactly_the_library_functions_and_statuses() {
+    let text = std::fs::read_to_string(header()).unwrap();
+    let declared = declared_functions(&text);
     let exported: BTreeSet<String> = FUNCTIONS.iter().map(|(n, _, _)| n.to_string()).collect();
     assert_eq!(declared, exported, "functions in builddir.h vs the library");
     let enumerators: BTreeSet<String> = text

@@ -15,6 +15,13 @@
 //! (the shipped units) the connection survives the restart and none of this
 //! is needed.
 //!
+//! A call that fails on the wire (I/O, a timeout, a malformed or
+//! unexpected reply) leaves the connection out of step: a late reply could
+//! otherwise be read as the answer to the next request. Every later call on
+//! that `Client` fails with [`Error::OutOfStep`]; drop it (the daemon then
+//! releases its leases) and connect again. Typed errors from the daemon
+//! ([`Error::Server`]) leave the connection usable.
+//!
 //! After `fork()`, only one of parent and child may use a `Client`: they
 //! share the socket, and two processes talking on it interleave frames.
 //! Use it in the parent; an `exec`'d child has none of its descriptors.
@@ -39,7 +46,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use builddir_proto::{
     BlockingConnection, FdPolicy, Hello, HelloReply, LeaseEntry, Owner, Released, Request,
@@ -57,6 +64,11 @@ pub struct Client {
     conn: BlockingConnection,
     socket: PathBuf,
     server: ServerInfo,
+    /// Bound on each call (`set_timeout`).
+    timeout: Option<Duration>,
+    /// A call failed on the wire: what the socket carries next may answer
+    /// an earlier request, so nothing more is sent or read.
+    broken: bool,
 }
 
 /// A build directory held on a [`Client`]'s connection.
@@ -118,6 +130,8 @@ impl Client {
             conn,
             socket: path.to_owned(),
             server,
+            timeout: None,
+            broken: false,
         })
     }
 
@@ -149,29 +163,52 @@ impl Client {
         self.conn.stream().as_fd()
     }
 
-    /// Bounds every later send and receive on this connection (`None`: wait
-    /// for ever, the default). A call that runs out fails with a timeout,
-    /// after which the connection is out of step: drop it.
+    /// Bounds each later call, from its request to its reply, to
+    /// `timeout` (`None`: wait for ever, the default). A call that runs out
+    /// fails with a timeout, after which the connection is out of step
+    /// ([`Error::OutOfStep`]): drop it and connect again.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        let s = self.conn.stream();
-        s.set_read_timeout(timeout)
-            .and_then(|()| s.set_write_timeout(timeout))
-            .map_err(|source| Error::Io {
-                context: "cannot set the socket timeout",
-                source,
-            })
+        self.timeout = timeout;
+        Ok(())
     }
 
-    /// Sends one request and reads its response. An error response's
-    /// descriptors (there should be none) are closed; a success's are the
-    /// caller's to claim.
-    fn call(&mut self, request: &Request) -> Result<Response, Error> {
+    /// Returns true if and only if a call failed on the wire and the
+    /// connection is no longer used ([`Error::OutOfStep`]).
+    pub fn is_out_of_step(&self) -> bool {
+        self.broken
+    }
+
+    /// Runs one call unless the connection is out of step, and marks it so
+    /// if the call fails on the wire (transport, local I/O, a reply that
+    /// does not fit the request).
+    fn step<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, Error>) -> Result<T, Error> {
+        if self.broken {
+            return Err(Error::OutOfStep);
+        }
+        let result = f(self);
+        if let Err(Error::Proto(_) | Error::Io { .. } | Error::Unexpected(_)) = &result {
+            self.broken = true;
+            self.conn.discard_fds();
+        }
+        result
+    }
+
+    /// Sends one request and reads the message that answers it, within the
+    /// timeout.
+    fn exchange(&mut self, request: &Request) -> Result<Response, Error> {
+        self.conn
+            .set_deadline(self.timeout.map(|t| Instant::now() + t));
         self.conn.write(request, None)?;
-        match self.conn.expect::<Response>()? {
-            Response::Error(e) => {
-                self.conn.discard_fds();
-                Err(Error::Server(e))
-            }
+        Ok(self.conn.expect::<Response>()?)
+    }
+
+    /// Sends one request and reads its response; the response claims no
+    /// descriptor, so any that came with it is closed.
+    fn call(&mut self, request: &Request) -> Result<Response, Error> {
+        let response = self.exchange(request)?;
+        self.conn.discard_fds();
+        match response {
+            Response::Error(e) => Err(Error::Server(e)),
             r => Ok(r),
         }
     }
@@ -190,17 +227,51 @@ impl Client {
             owner,
             limit,
         };
-        let response = self.call(&request)?;
-        // The directory's fd rides on the reply's first byte: the one
-        // descriptor this message claims; anything else is closed.
+        self.step(|c| c.allocate_inner(&request))
+    }
+
+    fn allocate_inner(&mut self, request: &Request) -> Result<BuildDir, Error> {
+        let response = self.exchange(request)?;
+        // The directory's fd rides on the reply's first byte: exactly one
+        // descriptor, arrived with this very reply.
+        let count = self.conn.fds_with_last();
         let dir = self.conn.take_fd();
         self.conn.discard_fds();
-        let Response::Allocated(a) = response else {
-            return Err(Error::Unexpected("expected an allocation"));
+        let a = match response {
+            Response::Allocated(a) => a,
+            Response::Error(e) => return Err(Error::Server(e)),
+            _ => return Err(Error::Unexpected("expected an allocation")),
         };
-        let dir = dir.ok_or(Error::Unexpected(
-            "allocation reply came without the directory fd",
-        ))?;
+        let dir = match (dir, count) {
+            (Some(dir), 1) => dir,
+            (None, _) => {
+                return Err(Error::Unexpected(
+                    "allocation reply came without the directory fd",
+                ))
+            }
+            _ => {
+                return Err(Error::Unexpected(
+                    "allocation reply came with more than one descriptor",
+                ))
+            }
+        };
+        let is_dir = rustix::fs::fstat(&dir)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir());
+        if !is_dir {
+            return Err(Error::Unexpected(
+                "the descriptor sent with the allocation is not a directory",
+            ));
+        }
+        if a.id.is_empty() || a.id.contains('\0') {
+            return Err(Error::Unexpected(
+                "allocation reply has an empty or NUL-bearing lease id",
+            ));
+        }
+        if !a.path.starts_with('/') || a.path.contains('\0') {
+            return Err(Error::Unexpected(
+                "allocation reply has a path that is not absolute or holds a NUL",
+            ));
+        }
         Ok(BuildDir {
             dir,
             id: a.id,
@@ -221,11 +292,13 @@ impl Client {
     /// Ends `dir`'s lease keeping the tree (it is handed over to the
     /// requester); the answer's `kept_path` says where it went.
     pub fn keep_dir(&mut self, dir: BuildDir) -> Result<Released, Error> {
-        let r = self.release(&dir.id, true)?;
-        if r.kept_path.is_none() {
-            return Err(Error::Unexpected("keep reply without a kept path"));
-        }
-        Ok(r)
+        self.step(|c| {
+            let r = c.release(&dir.id, true)?;
+            if r.kept_path.is_none() {
+                return Err(Error::Unexpected("keep reply without a kept path"));
+            }
+            Ok(r)
+        })
     }
 
     /// Takes over `dir`'s lease on this (new) connection after the daemon
@@ -240,10 +313,13 @@ impl Client {
             id: id.to_owned(),
             secret: secret.to_owned(),
         };
-        match self.call(&request)? {
-            Response::Reclaimed { .. } => Ok(()),
+        self.step(|c| match c.call(&request)? {
+            Response::Reclaimed { id: got } if got == id => Ok(()),
+            Response::Reclaimed { .. } => Err(Error::Unexpected(
+                "reclaim confirmation names another lease",
+            )),
             _ => Err(Error::Unexpected("expected a reclaim confirmation")),
-        }
+        })
     }
 
     /// Allocates a build directory owned by the caller; the returned
@@ -270,51 +346,57 @@ impl Client {
             id: id.to_owned(),
             keep,
         };
-        match self.call(&request)? {
-            Response::Released(r) => Ok(r),
+        self.step(|c| match c.call(&request)? {
+            Response::Released(r) if r.id == id => Ok(r),
+            Response::Released(_) => Err(Error::Unexpected(
+                "release confirmation names another lease",
+            )),
             _ => Err(Error::Unexpected("expected a release confirmation")),
-        }
+        })
     }
 
     /// Deletes lease or kept tree `id` (operators).
     pub fn remove(&mut self, id: &str) -> Result<(), Error> {
-        match self.call(&Request::Remove { id: id.to_owned() })? {
-            Response::Removed { .. } => Ok(()),
+        self.step(|c| match c.call(&Request::Remove { id: id.to_owned() })? {
+            Response::Removed { id: got } if got == id => Ok(()),
+            Response::Removed { .. } => Err(Error::Unexpected(
+                "removal confirmation names another lease",
+            )),
             _ => Err(Error::Unexpected("expected a removal confirmation")),
-        }
+        })
     }
 
     /// Lists your leases, or everyone's with `all` (operators).
     pub fn list(&mut self, all: bool, size: bool) -> Result<Vec<LeaseEntry>, Error> {
-        match self.call(&Request::List { all, size })? {
+        self.step(|c| match c.call(&Request::List { all, size })? {
             Response::Leases(rows) => Ok(rows),
             _ => Err(Error::Unexpected("expected a lease list")),
-        }
+        })
     }
 
     /// Deletes kept trees older than `older_than_secs` (0: all); yours, or
     /// everyone's for operators. Returns the ids deleted.
     pub fn gc(&mut self, older_than_secs: u64) -> Result<Vec<String>, Error> {
-        match self.call(&Request::Gc { older_than_secs })? {
+        self.step(|c| match c.call(&Request::Gc { older_than_secs })? {
             Response::Collected { ids } => Ok(ids),
             _ => Err(Error::Unexpected("expected a gc result")),
-        }
+        })
     }
 
     /// The daemon's metrics as OpenMetrics text.
     pub fn metrics(&mut self) -> Result<String, Error> {
-        match self.call(&Request::Metrics)? {
+        self.step(|c| match c.call(&Request::Metrics)? {
             Response::Metrics { text } => Ok(text),
             _ => Err(Error::Unexpected("expected metrics")),
-        }
+        })
     }
 
     /// The daemon's status.
     pub fn status(&mut self) -> Result<StatusReport, Error> {
-        match self.call(&Request::Status)? {
+        self.step(|c| match c.call(&Request::Status)? {
             Response::Status(s) => Ok(s),
             _ => Err(Error::Unexpected("expected a status report")),
-        }
+        })
     }
 }
 

@@ -28,6 +28,11 @@ pub enum Error {
     /// not take it back (its grace period passed, or it was removed).
     #[error("lease {0} was lost: builddird restarted and did not accept it back within its reclaim grace period")]
     LeaseLost(String),
+    /// An earlier call on this connection failed on the wire, so a reply
+    /// still on its way could be read as the answer to this one; nothing
+    /// more is sent on it.
+    #[error("the connection is out of step: close it and connect again")]
+    OutOfStep,
     /// A local filesystem step failed.
     #[error("{context}: {source}")]
     Io {

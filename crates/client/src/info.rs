@@ -3,11 +3,37 @@ use std::path::PathBuf;
 use builddir_proto::{DEFAULT_SOCKET, SOCKET_ENV};
 
 /// The socket path clients use: `$BUILDDIR_SOCKET`, else `/run/builddird.sock`.
+/// A process in secure-execution mode (setuid, setgid, file capabilities:
+/// `AT_SECURE`) ignores `$BUILDDIR_SOCKET`, as `secure_getenv` would: its
+/// environment is its less privileged caller's.
 pub fn default_socket() -> PathBuf {
-    std::env::var_os(SOCKET_ENV)
-        .filter(|v| !v.is_empty())
+    socket_from(
+        std::env::var_os(SOCKET_ENV),
+        crate::secure::secure_execution(),
+    )
+}
+
+fn socket_from(env: Option<std::ffi::OsString>, secure: bool) -> PathBuf {
+    env.filter(|v| !v.is_empty() && !secure)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builddir_socket_is_ignored_in_secure_execution_mode() {
+        let env = || Some(std::ffi::OsString::from("/tmp/evil.sock"));
+        assert_eq!(socket_from(env(), false), PathBuf::from("/tmp/evil.sock"));
+        assert_eq!(socket_from(env(), true), PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(
+            socket_from(Some("".into()), false),
+            PathBuf::from(DEFAULT_SOCKET)
+        );
+        assert_eq!(socket_from(None, false), PathBuf::from(DEFAULT_SOCKET));
+    }
 }
 
 /// What the daemon said about itself in the handshake.

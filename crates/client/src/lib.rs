@@ -35,6 +35,7 @@ mod error;
 mod info;
 #[cfg(feature = "tokio")]
 mod lease;
+mod secure;
 
 pub use builddir_proto::{
     ErrorKind, ErrorReply, LeaseEntry, LeaseState, Owner, Released, SizeLimit, StatusReport,

@@ -3,16 +3,29 @@
 //!
 //! The same rules as the async `Connection`: every read goes through
 //! [`fdpass::recv`] (descriptors arrive close-on-exec, a truncated control
-//! message is an error), received descriptors wait in a queue until a
-//! message claims them and are closed otherwise, and a side that refuses
-//! descriptors closes them at once. Interrupted system calls (`EINTR`) are
-//! retried, so a caller's signal handlers do not turn into errors; a socket
-//! read timeout (`SO_RCVTIMEO`) becomes [`ProtoError::TimedOut`].
+//! message is an error) and a side that refuses descriptors closes them at
+//! once. Interrupted system calls (`EINTR`) are retried, so a caller's
+//! signal handlers do not turn into errors.
+//!
+//! Descriptors belong to frames. The sender attaches one to the first byte
+//! of a frame it writes in one `sendmsg`, and the kernel ends a `recvmsg`
+//! with the bytes that carried descriptors, so a descriptor belongs to the
+//! frame holding the last byte of the read it came with. At most one is
+//! kept per frame (any more are closed at once, and counted); it is
+//! available through [`BlockingConnection::take_fd`] after that frame's
+//! message was read, and closed when the next message is read. Every error
+//! closes every descriptor not yet taken: nothing received before a failure
+//! can be paired with a later message.
+//!
+//! A deadline ([`BlockingConnection::set_deadline`]) bounds a whole call,
+//! not each system call: a peer that dribbles one byte at a time still
+//! runs into it. Running out is [`ProtoError::TimedOut`].
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -24,8 +37,31 @@ use crate::{fdpass, FdPolicy, ProtoError};
 pub struct BlockingConnection {
     stream: UnixStream,
     rbuf: Vec<u8>,
-    fds: VecDeque<OwnedFd>,
+    /// Stream offset of `rbuf[0]`.
+    base: u64,
+    /// Descriptors received for frames not yet decoded, oldest first: at
+    /// most one per frame, so at most two (the frame being read, and one
+    /// that began in the same `recvmsg`).
+    pending: VecDeque<PendingFd>,
+    /// The descriptor that came with the last message read, if any.
+    last: Option<OwnedFd>,
+    /// How many descriptors came with the last message read (extras were
+    /// closed on arrival).
+    last_count: usize,
     policy: FdPolicy,
+    deadline: Option<Instant>,
+    /// True while the socket carries a timeout set for a deadline.
+    timeouts_set: bool,
+}
+
+/// A received descriptor and the frame it belongs to.
+#[derive(Debug)]
+struct PendingFd {
+    /// Stream offset of the last byte of the read it came with.
+    at: u64,
+    fd: OwnedFd,
+    /// Descriptors that came for that frame (all but `fd` closed).
+    count: usize,
 }
 
 impl BlockingConnection {
@@ -34,21 +70,42 @@ impl BlockingConnection {
         BlockingConnection {
             stream,
             rbuf: Vec::new(),
-            fds: VecDeque::new(),
+            base: 0,
+            pending: VecDeque::new(),
+            last: None,
+            last_count: 0,
             policy,
+            deadline: None,
+            timeouts_set: false,
         }
     }
 
-    /// The underlying stream (timeouts, `SO_PEERCRED`, polling).
+    /// The underlying stream (`SO_PEERCRED`, polling).
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+
+    /// Every later read and write fails with [`ProtoError::TimedOut`] once
+    /// `deadline` has passed (`None`: no bound).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
     /// Reads the next message.
     ///
     /// Returns `Ok(None)` if and only if the peer closed the stream cleanly
     /// between frames; a close inside a frame is [`ProtoError::Truncated`].
+    /// On any error every received descriptor not yet taken is closed.
     pub fn read<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
+        let result = self.read_inner();
+        if result.is_err() {
+            self.pending.clear();
+            self.discard_fds();
+        }
+        result
+    }
+
+    fn read_inner<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
         loop {
             if let Some(msg) = self.next_frame()? {
                 return Ok(Some(msg));
@@ -69,28 +126,80 @@ impl BlockingConnection {
         self.read()?.ok_or(ProtoError::Closed)
     }
 
-    /// Decodes a whole frame from the buffer, if one is there. An oversized
-    /// length prefix fails before any of its bytes are awaited.
-    fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
+    /// The stream offset one past the frame that starts at `rbuf[0]`, if its
+    /// header is in.
+    fn current_frame_end(&self) -> Result<Option<u64>, ProtoError> {
         let Some(header) = self.rbuf.get(..FRAME_HEADER) else {
             return Ok(None);
         };
         let mut h = [0u8; FRAME_HEADER];
         h.copy_from_slice(header);
         let len = codec::frame_len(h)?;
-        let end = FRAME_HEADER + len;
+        Ok(Some(self.base + (FRAME_HEADER + len) as u64))
+    }
+
+    /// Decodes a whole frame from the buffer, if one is there, and makes the
+    /// descriptor that came with it (if any) the one [`Self::take_fd`]
+    /// returns. An oversized length prefix fails before any of its bytes
+    /// are awaited.
+    fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtoError> {
+        let Some(frame_end) = self.current_frame_end()? else {
+            return Ok(None);
+        };
+        let end = usize::try_from(frame_end - self.base).unwrap_or(usize::MAX);
         if self.rbuf.len() < end {
             return Ok(None);
         }
+        // The previous message's descriptor, unclaimed, is closed now.
+        self.discard_fds();
+        while self.pending.front().is_some_and(|p| p.at < frame_end) {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            if p.at >= self.base {
+                self.last = Some(p.fd);
+                self.last_count = p.count;
+            }
+        }
         let msg = codec::decode(&self.rbuf[FRAME_HEADER..end]);
         self.rbuf.drain(..end);
+        self.base = frame_end;
         msg.map(Some)
+    }
+
+    /// Sets the socket's timeout (read or write side) to the time left
+    /// before the deadline; `Err` once it passed. With no deadline, clears
+    /// any timeout an earlier one left.
+    fn arm(&mut self, read: bool) -> Result<(), ProtoError> {
+        let io_err = |source| ProtoError::Io {
+            context: "setting the socket timeout",
+            source,
+        };
+        let Some(deadline) = self.deadline else {
+            if self.timeouts_set {
+                self.stream.set_read_timeout(None).map_err(io_err)?;
+                self.stream.set_write_timeout(None).map_err(io_err)?;
+                self.timeouts_set = false;
+            }
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left == Duration::ZERO {
+            return Err(ProtoError::TimedOut);
+        }
+        self.timeouts_set = true;
+        if read {
+            self.stream.set_read_timeout(Some(left)).map_err(io_err)
+        } else {
+            self.stream.set_write_timeout(Some(left)).map_err(io_err)
+        }
     }
 
     /// Receives more bytes (and descriptors). Returns 0 at end of stream.
     fn fill(&mut self) -> Result<usize, ProtoError> {
         let mut chunk = [0u8; 8192];
         let got = loop {
+            self.arm(true)?;
             match fdpass::recv(self.stream.as_fd(), &mut chunk) {
                 Ok(got) => break got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -112,30 +221,56 @@ impl BlockingConnection {
         };
         if got.truncated {
             drop(got.fds);
-            return Err(ProtoError::ControlTruncated);
+            return Err(if at_fd_limit(self.stream.as_fd()) {
+                ProtoError::FdLimit
+            } else {
+                ProtoError::ControlTruncated
+            });
         }
         let n_fds = got.fds.len();
-        match self.policy {
-            FdPolicy::Refuse if n_fds > 0 => {
-                drop(got.fds);
-                return Err(ProtoError::UnexpectedFds(n_fds));
-            }
-            _ => self.fds.extend(got.fds),
+        if n_fds > 0 && (self.policy == FdPolicy::Refuse || got.bytes == 0) {
+            drop(got.fds);
+            return Err(ProtoError::UnexpectedFds(n_fds));
         }
         self.rbuf.extend_from_slice(&chunk[..got.bytes]);
+        let mut fds = got.fds.into_iter();
+        if let Some(fd) = fds.next() {
+            // Only one descriptor per frame is ever claimed: the rest go now.
+            drop(fds);
+            let at = self.base + self.rbuf.len() as u64 - 1;
+            // Everything pending belongs to the frame at rbuf[0] (no whole
+            // frame was in the buffer before this read).
+            let end = self.current_frame_end()?.unwrap_or(u64::MAX);
+            let same_frame = |p: &PendingFd| (p.at < end) == (at < end);
+            match self.pending.back_mut() {
+                Some(p) if same_frame(p) => p.count += n_fds,
+                _ => self.pending.push_back(PendingFd {
+                    at,
+                    fd,
+                    count: n_fds,
+                }),
+            }
+        }
         Ok(got.bytes)
     }
 
-    /// Takes the oldest received descriptor not yet claimed.
+    /// Takes the descriptor that came with the last message read (the
+    /// first, if the peer sent several), if it is still there.
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
-        self.fds.pop_front()
+        self.last.take()
     }
 
-    /// Closes every received descriptor that no message claimed.
+    /// How many descriptors came with the last message read (those beyond
+    /// the first were closed on arrival).
+    pub fn fds_with_last(&self) -> usize {
+        self.last_count
+    }
+
+    /// Closes the descriptor that came with the last message read, if not
+    /// taken; returns how many came with it.
     pub fn discard_fds(&mut self) -> usize {
-        let n = self.fds.len();
-        self.fds.clear();
-        n
+        self.last = None;
+        std::mem::take(&mut self.last_count)
     }
 
     /// Sends one message, with `fd` attached to its first byte if given.
@@ -148,6 +283,7 @@ impl BlockingConnection {
         let mut sent = 0;
         let mut fd = fd;
         while sent < frame.len() {
+            self.arm(false)?;
             match fdpass::send(self.stream.as_fd(), &frame[sent..], fd) {
                 Ok(0) => {
                     return Err(ProtoError::Io {
@@ -178,6 +314,16 @@ impl BlockingConnection {
         }
         Ok(())
     }
+}
+
+/// Returns true if the process cannot open one more descriptor
+/// (`EMFILE`): then a `MSG_CTRUNC` means the kernel dropped descriptors for
+/// want of room in our table, not that the peer sent too many.
+fn at_fd_limit(sock: BorrowedFd<'_>) -> bool {
+    matches!(
+        rustix::io::fcntl_dupfd_cloexec(sock, 0),
+        Err(rustix::io::Errno::MFILE)
+    )
 }
 
 #[cfg(test)]
@@ -271,6 +417,58 @@ mod tests {
             }
         );
         drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn an_fd_belongs_to_the_frame_it_came_with_not_to_an_earlier_one() {
+        let (a, b) = pair();
+        let mut tx = BlockingConnection::new(a, FdPolicy::Refuse);
+        let mut rx = BlockingConnection::new(b, FdPolicy::Accept);
+        let dir = std::fs::File::open("/").unwrap();
+        tx.write(&Request::Status, None).unwrap();
+        tx.write(&Request::Metrics, Some(dir.as_fd())).unwrap();
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Status);
+        assert!(
+            rx.take_fd().is_none(),
+            "the second frame's fd went to the first"
+        );
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Metrics);
+        assert_eq!(rx.fds_with_last(), 1);
+        assert!(rx.take_fd().is_some());
+    }
+
+    #[test]
+    fn an_unclaimed_fd_is_closed_when_the_next_message_is_read() {
+        let (a, b) = pair();
+        let mut tx = BlockingConnection::new(a, FdPolicy::Refuse);
+        let mut rx = BlockingConnection::new(b, FdPolicy::Accept);
+        let dir = std::fs::File::open("/").unwrap();
+        tx.write(&Request::Status, Some(dir.as_fd())).unwrap();
+        tx.write(&Request::Metrics, None).unwrap();
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Status);
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Metrics);
+        assert!(rx.take_fd().is_none());
+        assert_eq!(rx.fds_with_last(), 0);
+    }
+
+    #[test]
+    fn fds_beyond_the_first_of_a_frame_are_counted_and_closed() {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use std::mem::MaybeUninit;
+        let (a, b) = pair();
+        let mut rx = BlockingConnection::new(b, FdPolicy::Accept);
+        let dir = std::fs::File::open("/").unwrap();
+        let fds = [dir.as_fd(), dir.as_fd(), dir.as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        let frame = codec::encode_frame(&Request::Status).unwrap();
+        let iov = [std::io::IoSlice::new(&frame)];
+        sendmsg(&a, &iov, &mut control, SendFlags::empty()).unwrap();
+        assert_eq!(rx.expect::<Request>().unwrap(), Request::Status);
+        assert_eq!(rx.fds_with_last(), 3);
+        assert!(rx.take_fd().is_some());
+        assert!(rx.take_fd().is_none());
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum ProtoError {
     /// closed.
     #[error("control message truncated (MSG_CTRUNC): peer sent too many file descriptors")]
     ControlTruncated,
+    /// The kernel truncated the control message because this process is at
+    /// its open-file limit: a descriptor the peer sent was dropped.
+    #[error("this process is at its open-file limit (RLIMIT_NOFILE), so a file descriptor builddird sent was dropped: close descriptors or raise the limit (ulimit -n)")]
+    FdLimit,
     /// The peer did not answer within the allowed time.
     #[error("timed out waiting for the peer")]
     TimedOut,
