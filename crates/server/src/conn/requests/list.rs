@@ -29,6 +29,7 @@ impl Session {
             let daemon = self.daemon.clone();
             let sized = tokio::task::spawn_blocking(move || {
                 for row in &mut rows {
+                    crate::failpoint::hit("list:size-walk");
                     if let Some(id) = LeaseId::parse(&row.id) {
                         row.size_bytes = crate::lease::size::lease_size(&daemon, id, row.state);
                     }
