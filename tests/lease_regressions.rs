@@ -633,7 +633,7 @@ fn a_failed_size_walk_is_an_error_reply_and_the_daemon_serves_on() {
         "{}",
         d.log_text()
     );
-    builddir_client::blocking::Client::connect(&d.socket)
+    let other = builddir_client::blocking::Client::connect(&d.socket)
         .unwrap()
         .allocate("other-conn")
         .unwrap_or_else(|e| panic!("a new connection is not served ({e}):\n{}", d.log_text()));
@@ -654,7 +654,8 @@ fn a_failed_size_walk_is_an_error_reply_and_the_daemon_serves_on() {
         other => panic!("list failed after the failed walk: {other:?}"),
     };
     live.sort();
-    assert_eq!(live, ["after", "sized"], "{listed:?}");
+    assert_eq!(live, ["after", "other-conn", "sized"], "{listed:?}");
+    drop(other);
 }
 
 /// Storing a lease's connection with systemd (a blocking `sendmsg` to
