@@ -374,6 +374,18 @@ fn start_activated(
     stored: &[(String, std::os::fd::OwnedFd)],
     notify: &builddir_tests::activation::NotifySocket,
 ) -> Killed {
+    start_activated_env(s, config, listener, stored, notify, &[])
+}
+
+/// [`start_activated`] with extra environment (a failpoint).
+fn start_activated_env(
+    s: &builddir_tests::Scratch,
+    config: &str,
+    listener: &std::os::unix::net::UnixListener,
+    stored: &[(String, std::os::fd::OwnedFd)],
+    notify: &builddir_tests::activation::NotifySocket,
+    env: &[(&str, &str)],
+) -> Killed {
     use std::os::fd::AsRawFd;
     let cfg = s.dir.join("cfg.toml");
     std::fs::write(&cfg, config).unwrap();
@@ -393,6 +405,7 @@ fn start_activated(
     let child =
         builddir_tests::activation::activated_with(&builddir_tests::bin("builddird"), &args, &fds)
             .env("NOTIFY_SOCKET", s.dir.join("notify"))
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -556,4 +569,191 @@ fn retention_by_age_survives_restarts() {
         d.list_all(),
         d.log_text()
     );
+}
+
+fn allocate_on(s: &mut std::os::unix::net::UnixStream, name: &str) -> Option<Response> {
+    send(
+        s,
+        &Request::Allocate {
+            name: name.into(),
+            owner: None,
+            limit: None,
+        },
+    );
+    read_msg::<Response>(s)
+}
+
+/// A `list --size` whose size walk fails (here: panics) is answered with a
+/// typed error, not an empty list that reads as "you have no leases", and
+/// the daemon goes on serving, this connection and others.
+#[test]
+fn a_failed_size_walk_is_an_error_reply_and_the_daemon_serves_on() {
+    if !require_root("a_failed_size_walk_is_an_error_reply_and_the_daemon_serves_on") {
+        return;
+    }
+    let d = Daemon::start_with(
+        "size-walk-panic",
+        DaemonOpts {
+            env: vec![("BUILDDIR_FAILPOINT".into(), "list:size-walk=panic".into())],
+            ..Default::default()
+        },
+    );
+    let mut s = raw(&d.socket);
+    assert!(matches!(
+        hello(&mut s),
+        builddir_proto::HelloReply::Welcome { .. }
+    ));
+    let Some(Response::Allocated(_held)) = allocate_on(&mut s, "sized") else {
+        panic!("allocation failed:\n{}", d.log_text());
+    };
+    send(
+        &mut s,
+        &Request::List {
+            all: false,
+            size: true,
+        },
+    );
+    let answer = read_msg::<Response>(&mut s);
+    match &answer {
+        Some(Response::Error(e)) => {
+            assert_eq!(e.kind, builddir_proto::ErrorKind::Internal, "{e:?}");
+            assert!(e.message.contains("without --size"), "{e:?}");
+        }
+        other => panic!(
+            "a failed size walk must be an error reply, got {other:?}:\n{}",
+            d.log_text()
+        ),
+    }
+    assert!(
+        d.log_text().contains("failpoint hit"),
+        "the failpoint did not fire:\n{}",
+        d.log_text()
+    );
+    // The same connection is still served, and so is a new one.
+    assert!(
+        matches!(allocate_on(&mut s, "after"), Some(Response::Allocated(_))),
+        "{}",
+        d.log_text()
+    );
+    let other = builddir_client::blocking::Client::connect(&d.socket)
+        .unwrap()
+        .allocate("other-conn")
+        .unwrap_or_else(|e| panic!("a new connection is not served ({e}):\n{}", d.log_text()));
+    send(
+        &mut s,
+        &Request::List {
+            all: false,
+            size: false,
+        },
+    );
+    let listed = read_msg::<Response>(&mut s);
+    let mut live: Vec<String> = match &listed {
+        Some(Response::Leases(rows)) => rows
+            .iter()
+            .filter(|r| r.state == builddir_proto::LeaseState::Live)
+            .map(|r| r.name.clone())
+            .collect(),
+        other => panic!("list failed after the failed walk: {other:?}"),
+    };
+    live.sort();
+    assert_eq!(live, ["after", "other-conn", "sized"], "{listed:?}");
+    drop(other);
+}
+
+/// Storing a lease's connection with systemd (a blocking `sendmsg` to
+/// `NOTIFY_SOCKET`) that stalls holds up no other client: with a single
+/// async worker, allocations on another connection all complete before the
+/// stalled store reaches the notify socket. Done on an async worker, the
+/// stall would hold every connection until the store went through.
+#[test]
+fn a_stalled_fd_store_send_does_not_stall_other_allocations() {
+    if !require_root("a_stalled_fd_store_send_does_not_stall_other_allocations") {
+        return;
+    }
+    const STALL_MS: u64 = 3000;
+    const OTHERS: usize = 5;
+    let s = builddir_tests::Scratch::new("fdstore-stall");
+    let notify = builddir_tests::activation::NotifySocket::bind(&s.dir.join("notify"));
+    let sock = s.dir.join("bd.sock");
+    let listener = builddir_tests::activation::listen(&sock);
+    let stall = format!("fdstore:send=sleep-ms:{STALL_MS}");
+    let _daemon = start_activated_env(
+        &s,
+        "",
+        &listener,
+        &[],
+        &notify,
+        // One worker: anything blocking on it blocks every connection.
+        &[
+            ("BUILDDIR_FAILPOINT", stall.as_str()),
+            ("TOKIO_WORKER_THREADS", "1"),
+        ],
+    );
+    let log = || std::fs::read_to_string(s.dir.join("daemon.log")).unwrap_or_default();
+
+    // The first store (this lease's connection) stalls.
+    let mut stalled = raw(&sock);
+    assert!(matches!(
+        hello(&mut stalled),
+        builddir_proto::HelloReply::Welcome { .. }
+    ));
+    let Some(Response::Allocated(first)) = allocate_on(&mut stalled, "stalled") else {
+        panic!("allocation failed:\n{}", log());
+    };
+    let replied = std::time::Instant::now();
+    let first_name = format!("FDNAME=lease-{}", first.id);
+
+    // Watch for the stalled store's datagram meanwhile.
+    let watcher = std::thread::spawn(move || {
+        let deadline = replied + Duration::from_millis(STALL_MS) * 4;
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = notify.sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if text.lines().any(|l| l == first_name) {
+                    return Some(std::time::Instant::now());
+                }
+            }
+        }
+        None
+    });
+
+    let mut other = raw(&sock);
+    assert!(matches!(
+        hello(&mut other),
+        builddir_proto::HelloReply::Welcome { .. }
+    ));
+    for i in 0..OTHERS {
+        let answer = allocate_on(&mut other, &format!("other-{i}"));
+        assert!(
+            matches!(answer, Some(Response::Allocated(_))),
+            "{answer:?}\n{}",
+            log()
+        );
+    }
+    let others_done = std::time::Instant::now();
+
+    let stored = watcher
+        .join()
+        .unwrap()
+        .unwrap_or_else(|| panic!("the stalled store never arrived:\n{}", log()));
+    assert!(
+        log().contains("failpoint hit"),
+        "the failpoint did not fire:\n{}",
+        log()
+    );
+    // The stall really happened (else the ordering below proves nothing).
+    assert!(
+        stored.duration_since(replied) >= Duration::from_millis(STALL_MS - 200),
+        "the store arrived {:?} after the reply; the failpoint did not stall it",
+        stored.duration_since(replied)
+    );
+    assert!(
+        others_done < stored,
+        "{OTHERS} allocations on another connection took {:?}, finishing {:?} after the \
+         stalled store ended: the store blocked them",
+        others_done.duration_since(replied),
+        others_done.duration_since(stored)
+    );
+    drop((stalled, other));
 }

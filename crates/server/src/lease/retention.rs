@@ -14,6 +14,7 @@ use builddir_proto::LeaseState;
 use crate::lease::id::LeaseId;
 use crate::lease::table::{Daemon, Phase};
 use crate::lease::trash::kept_to_trash;
+use crate::lease::walks::WalkError;
 
 /// Moves kept tree `id` to trash and starts its reap. Returns true if and
 /// only if this call did it (it was kept).
@@ -51,14 +52,20 @@ pub async fn enforce(daemon: &Arc<Daemon>) {
         let d = daemon.clone();
         // On the walk pool, as root's share: waits only for its own
         // earlier walks; with the pool full, measured at the next tick.
-        let Some(walked) = daemon
+        let walked = match daemon
             .walks
             .run(0, Duration::from_secs(60), move || {
                 crate::lease::size::tree_walk(&d, id, LeaseState::Kept)
             })
             .await
-        else {
-            continue;
+        {
+            Ok(walked) => walked,
+            Err(WalkError::NoPlace) => continue,
+            Err(WalkError::Failed(e)) => {
+                // Unmeasured, so retried at the next tick.
+                tracing::error!(lease_id = %id, error = %e, "kept tree size walk failed");
+                continue;
+            }
         };
         match walked {
             Some(report) if report.complete() => daemon.table.measured(id, report.bytes),

@@ -88,23 +88,35 @@ impl WalkPool {
             .ok()
     }
 
-    /// Runs the blocking `walk` in a place for `uid`, or returns `None` at
-    /// once if there is none (see [`WalkPool::place`]).
+    /// Runs the blocking `walk` in a place for `uid`. `Err(NoPlace)` at
+    /// once if there is none (see [`WalkPool::place`]); `Err(Failed)` if the
+    /// walk itself panicked, which a caller must report, never answer as if
+    /// the walk had not been asked for.
     pub async fn run<T: Send + 'static>(
         &self,
         uid: u32,
         patience: Duration,
         walk: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
-        let place = self.place(uid, patience).await?;
+    ) -> Result<T, WalkError> {
+        let place = self.place(uid, patience).await.ok_or(WalkError::NoPlace)?;
         tokio::task::spawn_blocking(move || {
             let out = walk();
             drop(place);
             out
         })
         .await
-        .ok()
+        .map_err(|e| WalkError::Failed(e.to_string()))
     }
+}
+
+/// Why [`WalkPool::run`] has no result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalkError {
+    /// Every place is taken (by this uid's earlier walks or by the pool's
+    /// total): answer without the walk, at once.
+    NoPlace,
+    /// The walk panicked or was cancelled.
+    Failed(String),
 }
 
 #[cfg(test)]

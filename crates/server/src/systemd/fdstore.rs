@@ -61,6 +61,7 @@ fn send(op: Op) {
 }
 
 fn perform(op: Op) {
+    crate::failpoint::hit("fdstore:send");
     match op {
         Op::Store(fd, name) => {
             if let Err(e) = sd_notify::notify_with_fds(

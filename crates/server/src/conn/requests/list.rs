@@ -4,6 +4,7 @@ use builddir_proto::{ErrorKind, LeaseEntry, Response};
 
 use super::{error, Reply, Session};
 use crate::lease::id::LeaseId;
+use crate::lease::walks::WalkError;
 use crate::tree::walk::Limits;
 
 /// All size walks of one `list --size`, together.
@@ -44,6 +45,7 @@ impl Session {
                 .walks
                 .run(uid, LIST_SIZE_PATIENCE, move || {
                     for row in &mut rows {
+                        crate::failpoint::hit("list:size-walk");
                         let left = end.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             break; // the rest stay unknown
@@ -62,10 +64,17 @@ impl Session {
                 })
                 .await;
             rows = match sized {
-                Some(rows) => rows,
-                None => {
+                Ok(rows) => rows,
+                Err(WalkError::NoPlace) => {
                     tracing::info!(uid, "size walks busy; listed without sizes");
                     unsized_rows
+                }
+                Err(WalkError::Failed(e)) => {
+                    tracing::error!(uid, error = %e, "list --size walk failed");
+                    return error(
+                        ErrorKind::Internal,
+                        format!("measuring sizes failed ({e}); retry without --size"),
+                    );
                 }
             };
         }
