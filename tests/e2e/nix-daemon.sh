@@ -1,0 +1,457 @@
+#!/usr/bin/env bash
+# End-to-end: a real multi-user nix-daemon takes its build directories from
+# builddird, on a host whose /tmp is mounted noexec.
+#
+# The daemon is Debian bookworm's Nix 2.8.0 (the `nix` source package, with
+# Debian's patches) plus contrib/nix/build-dir-helper.patch, linked against
+# libbuilddir. It is built once and cached, keyed by the hashes of the source
+# package's .dsc, the patch and builddir.h; a cache hit skips the build (a cold
+# build takes tens of minutes on two cores).
+#
+# The tests run in a private mount and PID namespace: /tmp is a
+# noexec,nosuid,nodev tmpfs, /nix a tmpfs holding the store, the daemon's state
+# and builddird's root; a `nixbld` group with eight build users and an
+# unprivileged submitting user exist only in private copies of /etc/passwd and
+# /etc/group bind-mounted there. Builds are submitted by that user through the
+# daemon socket. Leaving the namespace ends every process started in it.
+#
+# What it changes on the host (nothing else):
+#   - apt: a deb-src line for bookworm (/etc/apt/sources.list.d/bookworm-src.list)
+#     if `apt-get source nix` finds no source; on a cache miss nix's
+#     build-dependencies; busybox-static (the sandbox's /bin/sh), jq.
+#   - /var/cache/builddird-e2e/nix/: the source, the build tree, the installed
+#     patched Nix, the installed libbuilddir, logs of the last run.
+#   - an empty directory /nix (the mount point of the private /nix) if missing;
+#     removed again at the end if this script created it.
+#
+# Usage (as root):   cargo build --release --bins && tests/e2e/nix-daemon.sh
+# Environment:
+#   BUILDDIR_BIN_DIR        where builddird and builddir-ctl are
+#                           (default: <repo>/target/release)
+#   BUILDDIR_CAPI_SRC       checkout whose crates/capi is built and installed as
+#                           libbuilddir (default: this repository)
+#   BUILDDIR_E2E_CACHE      cache directory (default: /var/cache/builddird-e2e)
+#   BUILDDIR_E2E_ALLOW_SKIP=1 exit 0 (not 1) when the test cannot run here
+#
+# Output: `ok N - ...` / `not ok N - ...` lines, then `N passed, M failed`.
+# Exit status: 0 only if every check passed.
+
+set -uo pipefail
+
+here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd -- "$here/../.." && pwd)
+bin_dir=${BUILDDIR_BIN_DIR:-$repo/target/release}
+capi_src=${BUILDDIR_CAPI_SRC:-$repo}
+cache=${BUILDDIR_E2E_CACHE:-/var/cache/builddird-e2e}/nix
+patch_file=$repo/contrib/nix/build-dir-helper.patch
+
+# shellcheck source=tests/e2e/lib.sh
+. "$here/lib.sh"
+
+if [ "${BUILDDIR_NIX_E2E_INNER:-}" != 1 ]; then
+    # ======================================================== outer: build ===
+    [ "$(id -u)" = 0 ] || skip "must run as root (apt, mounts, namespaces, build users)"
+    for b in builddird builddir-ctl; do
+        if [ ! -x "$bin_dir/$b" ]; then
+            echo "error: $bin_dir/$b missing: run 'cargo build --release --bins' first (or set BUILDDIR_BIN_DIR)" >&2
+            echo "0 passed, 1 failed"
+            exit 1
+        fi
+    done
+    [ -f "$capi_src/crates/capi/include/builddir.h" ] ||
+        skip "$capi_src/crates/capi/include/builddir.h missing: the C library is needed (set BUILDDIR_CAPI_SRC)"
+    mkdir -p "$cache/logs"
+    exec 9>"$cache/lock"
+    flock -w 1800 9 || { echo "error: could not lock $cache/lock within 1800s" >&2; exit 1; }
+
+    export DEBIAN_FRONTEND=noninteractive
+    apt_updated=0
+    apt_install() {
+        [ "$apt_updated" = 1 ] || { apt-get update -qq && apt_updated=1; }
+        apt-get install -y -qq "$@" > "$cache/logs/apt.log" 2>&1 ||
+            { tail -5 "$cache/logs/apt.log" | diag; skip "apt-get install $* failed (see $cache/logs/apt.log)"; }
+    }
+    need=()
+    [ -x /bin/busybox ] || need+=(busybox-static)
+    command -v jq >/dev/null || need+=(jq)
+    command -v dpkg-source >/dev/null || need+=(dpkg-dev)
+    command -v cargo >/dev/null || skip "cargo not found (needed to build libbuilddir)"
+    [ ${#need[@]} = 0 ] || apt_install "${need[@]}"
+
+    # --- libbuilddir, rebuilt from the checkout every run (cargo makes that
+    # cheap when nothing changed); the cached Nix finds it through its rpath.
+    capi_prefix=$cache/capi
+    log "building and installing libbuilddir from $capi_src into $capi_prefix"
+    if ! (cd "$capi_src" && cargo build --release -p builddir-capi) > "$cache/logs/capi-build.log" 2>&1 ||
+       ! make -C "$capi_src/crates/capi" install PREFIX="$capi_prefix" \
+            TARGET_DIR="${CARGO_TARGET_DIR:-$capi_src/target}" > "$cache/logs/capi-install.log" 2>&1; then
+        tail -20 "$cache/logs/capi-build.log" "$cache/logs/capi-install.log" 2>/dev/null | diag
+        echo "error: building libbuilddir failed (logs in $cache/logs)" >&2
+        echo "0 passed, 1 failed"
+        exit 1
+    fi
+    export PKG_CONFIG_PATH=$capi_prefix/lib/pkgconfig
+
+    # --- the source package
+    src=$cache/src
+    dsc=$(ls "$src"/nix_*.dsc 2>/dev/null | head -1)
+    if [ -z "$dsc" ]; then
+        log "apt-get source --download-only nix"
+        mkdir -p "$src"
+        if ! (cd "$src" && apt-get source -qq --download-only nix) > "$cache/logs/source.log" 2>&1; then
+            if ! grep -rqs '^deb-src .*bookworm' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+                log "no deb-src for bookworm: adding /etc/apt/sources.list.d/bookworm-src.list"
+                echo 'deb-src http://deb.debian.org/debian bookworm main' > /etc/apt/sources.list.d/bookworm-src.list
+            fi
+            apt-get update -qq && apt_updated=1
+            (cd "$src" && apt-get source -qq --download-only nix) > "$cache/logs/source.log" 2>&1 ||
+                { tail -5 "$cache/logs/source.log" | diag; skip "apt-get source nix failed (see $cache/logs/source.log)"; }
+        fi
+        dsc=$(ls "$src"/nix_*.dsc | head -1)
+    fi
+
+    # --- the patched Nix, cached
+    inst=$cache/install
+    key=$(cat "$dsc" "$patch_file" "$capi_src/crates/capi/include/builddir.h" | sha256sum | cut -c1-16)
+    key="$key-v1"
+    if [ "$(cat "$inst/.key" 2>/dev/null)" = "$key" ] && [ -x "$inst/bin/nix-daemon" ]; then
+        log "patched Nix: cache hit ($key)"
+    else
+        log "patched Nix: cache miss ($key), building (tens of minutes on two cores)"
+        build_start=$SECONDS
+        if ! grep -rqs '^deb-src .*bookworm' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            echo 'deb-src http://deb.debian.org/debian bookworm main' > /etc/apt/sources.list.d/bookworm-src.list
+            apt_updated=0
+        fi
+        [ "$apt_updated" = 1 ] || { apt-get update -qq && apt_updated=1; }
+        apt-get build-dep -y -qq nix > "$cache/logs/build-dep.log" 2>&1 ||
+            { tail -5 "$cache/logs/build-dep.log" | diag; skip "apt-get build-dep nix failed (see $cache/logs/build-dep.log)"; }
+        build=$cache/build
+        rm -rf --one-file-system "$build" "$inst"
+        mkdir -p "$build"
+        multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+        # dpkg-source applies debian/patches/series; the two variables are
+        # the ones debian/rules exports.
+        if ! (
+            set -e
+            dpkg-source -x "$dsc" "$build/nix"
+            cd "$build/nix"
+            patch -p1 < "$patch_file"
+            export EDITLINE_CFLAGS=-DREADLINE
+            export EDITLINE_LIBS="/usr/lib/$multiarch/libhistory.so /usr/lib/$multiarch/libreadline.so"
+            autoreconf -fi
+            ./configure --prefix="$inst" --libdir="$inst/lib" --localstatedir=/nix/var \
+                --enable-gc --disable-doc-gen LDFLAGS="-Wl,-rpath,$capi_prefix/lib"
+            grep -q '^#define HAVE_BUILDDIR 1' config.h || { echo "configure did not find libbuilddir"; exit 1; }
+            make -j"$(nproc)"
+            make install
+        ) > "$cache/logs/nix-build.log" 2>&1; then
+            tail -30 "$cache/logs/nix-build.log" | diag
+            rm -rf --one-file-system "$inst"
+            echo "error: building the patched Nix failed (log: $cache/logs/nix-build.log)" >&2
+            echo "0 passed, 1 failed"
+            exit 1
+        fi
+        echo "$key" > "$inst/.key"
+        log "patched Nix built in $((SECONDS - build_start))s"
+    fi
+    if ldd "$inst/bin/nix" | grep -q 'not found'; then
+        ldd "$inst/bin/nix" | grep 'not found' | diag
+        skip "the cached Nix misses shared libraries: run 'apt-get build-dep nix' (or delete $inst)"
+    fi
+    ldd "$inst/lib/libnixstore.so" | grep -q libbuilddir ||
+        { echo "error: $inst/lib/libnixstore.so is not linked against libbuilddir" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+    made_nix=0
+    if [ ! -e /nix ]; then mkdir /nix && made_nix=1; fi
+    log "entering a private mount and PID namespace"
+    BUILDDIR_NIX_E2E_INNER=1 NIX_E2E_INST=$inst NIX_E2E_BIN=$bin_dir NIX_E2E_LOGS=$cache/logs \
+        unshare --mount --propagation private --pid --fork --mount-proc "$0"
+    status=$?
+    [ "$made_nix" = 1 ] && rmdir /nix
+    exit "$status"
+fi
+
+# ========================================================== inner: tests ===
+inst=$NIX_E2E_INST
+bin=$NIX_E2E_BIN
+logs=$NIX_E2E_LOGS
+ctl() { "$bin/builddir-ctl" --socket "$bd_sock" "$@"; }
+
+mount -t tmpfs -o mode=1777,noexec,nosuid,nodev tmpfs /tmp || skip "cannot mount a tmpfs on /tmp"
+mount -t tmpfs -o mode=0755 tmpfs /nix || skip "cannot mount a tmpfs on /nix"
+findmnt -no OPTIONS /tmp | grep -q noexec || skip "/tmp is not noexec in the namespace"
+
+scratch=/nix/e2e
+mkdir -p "$scratch/gate" /nix/var/nix
+chmod 0755 "$scratch"
+chmod 0777 "$scratch/gate"
+
+# --- users: nixbld1..8 in group nixbld, and the submitter, in private copies.
+nixbld_gid=30000 submitter_uid=30100 user=nixe2e
+grep -Ev '^(nixbld[0-9]*|nixe2e):' /etc/passwd > "$scratch/passwd"
+grep -Ev '^(nixbld|nixe2e):' /etc/group > "$scratch/group"
+for id in $nixbld_gid $(seq 30001 30008) $submitter_uid; do
+    if cut -d: -f3 "$scratch/passwd" "$scratch/group" | grep -qx "$id"; then
+        skip "id $id is taken on this host (the test's nixbld users use 30000-30008 and 30100)"
+    fi
+done
+members=""
+for i in $(seq 1 8); do
+    echo "nixbld$i:x:$((30000 + i)):$nixbld_gid:Nix build user $i:/var/empty:/usr/sbin/nologin" >> "$scratch/passwd"
+    members="$members${members:+,}nixbld$i"
+done
+echo "nixbld:x:$nixbld_gid:$members" >> "$scratch/group"
+echo "$user:x:$submitter_uid:$submitter_uid:builddird e2e submitter:$scratch/home:/bin/sh" >> "$scratch/passwd"
+echo "$user:x:$submitter_uid:" >> "$scratch/group"
+chmod 0644 "$scratch/passwd" "$scratch/group"
+mount --bind "$scratch/passwd" /etc/passwd && mount --bind "$scratch/group" /etc/group ||
+    skip "cannot bind-mount private /etc/passwd and /etc/group"
+[ "$(getent group nixbld | cut -d: -f4)" = "$members" ] ||
+    skip "the private /etc/group is not what getent sees (nscd or sssd caching?)"
+mkdir -p "$scratch/home"
+chown "$submitter_uid:$submitter_uid" "$scratch/home"
+
+# --- builddird
+bd_root=/nix/var/nix/builddird
+bd_sock=/nix/var/nix/builddird.sock
+mkdir -p "$bd_root"
+: > "$scratch/builddird.toml"
+bd_pid=
+start_builddird() {
+    "$bin/builddird" --config "$scratch/builddird.toml" --root "$bd_root" --socket "$bd_sock" \
+        >> "$logs/builddird.log" 2>&1 &
+    bd_pid=$!
+    for _ in $(seq 1 100); do
+        ctl status >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    tail -5 "$logs/builddird.log" | diag
+    return 1
+}
+: > "$logs/builddird.log"
+start_builddird || skip "builddird did not start (log: $logs/builddird.log)"
+
+# --- the derivations. Each writes a script into its build dir and runs it
+# (what fails on a noexec mount), optionally waits for $gate/go-TAG first,
+# and optionally fails.
+cat > "$scratch/drv.nix" <<'EOF'
+{ tag, gate ? "", fail ? false }:
+derivation {
+  name = "builddir-e2e-${tag}";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" ''
+    echo "build dir: $PWD"
+    printf '#!/bin/sh\necho script ran\n' > ./script
+    chmod 755 ./script
+    ran=$(./script) || exit 1
+    echo "$ran" > ./ran.txt
+    if [ -n "${gate}" ]; then
+      while [ ! -e "${gate}/go-${tag}" ]; do sleep 0.1; done
+    fi
+    ${if fail then "echo failing on purpose; exit 1" else ""}
+    echo "$ran" > "$out"
+  '' ];
+}
+EOF
+chmod 0644 "$scratch/drv.nix"
+
+# --- the nix-daemon, restarted with each configuration
+nd_pid=
+start_daemon() { # NAME HELPER SANDBOX
+    local conf=$scratch/conf-$1
+    mkdir -p "$conf"
+    {
+        echo "build-users-group = nixbld"
+        echo "max-jobs = 8"
+        echo "substituters ="
+        echo "sandbox = $3"
+        echo "sandbox-paths = /bin/sh=/bin/busybox /gate=$scratch/gate"
+        echo "build-dir-helper = $2"
+    } > "$conf/nix.conf"
+    NIX_CONF_DIR=$conf "$inst/bin/nix-daemon" >> "$logs/nix-daemon-$1.log" 2>&1 &
+    nd_pid=$!
+    for _ in $(seq 1 100); do
+        [ -S /nix/var/nix/daemon-socket/socket ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+stop_daemon() {
+    [ -n "$nd_pid" ] || return 0
+    kill "$nd_pid" 2>/dev/null
+    wait "$nd_pid" 2>/dev/null
+    rm -f /nix/var/nix/daemon-socket/socket
+    nd_pid=
+}
+
+mkdir -p "$scratch/client-conf"
+: > "$scratch/client-conf/nix.conf"
+# nix-build as the submitting user: TAG [extra args...]; output in $scratch/out-TAG
+submit() {
+    local tag=$1; shift
+    timeout 300 setpriv --reuid="$submitter_uid" --regid="$submitter_uid" --clear-groups \
+        env -i PATH="$inst/bin:/usr/bin:/bin" HOME="$scratch/home" NIX_REMOTE=daemon \
+        NIX_CONF_DIR="$scratch/client-conf" \
+        nix-build "$scratch/drv.nix" --argstr tag "$tag" "$@" > "$scratch/out-$tag" 2>&1
+}
+gate_of() { if [ "$1" = true ]; then echo /gate; else echo "$scratch/gate"; fi; }
+
+# wait_lease TAG: prints the live lease of TAG's build as JSON, waits up to 60s
+wait_lease() {
+    local l
+    for _ in $(seq 1 300); do
+        l=$(ctl --json list --all 2>/dev/null |
+            jq -c --arg n "nix-build-builddir-e2e-$1" '[.[] | select(.name == $n and .state == "live")] | first // empty')
+        [ -n "$l" ] && { echo "$l"; return 0; }
+        sleep 0.2
+    done
+    return 1
+}
+# gone_lease ID: true once no live lease has this id and its path is gone (30s)
+gone_lease() { # ID PATH
+    for _ in $(seq 1 150); do
+        if ! ctl --json list --all | jq -e --arg id "$1" '.[] | select(.id == $id and .state == "live")' >/dev/null &&
+           [ ! -e "$2" ]; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+is_nixbld_uid() { [ "$1" -ge 30001 ] && [ "$1" -le 30008 ]; }
+
+# ---------------------------------------------------------------- helper off
+log "nix-daemon with build-dir-helper unset (Nix's own behaviour), sandbox off"
+start_daemon off "" false || skip "nix-daemon did not start (log: $logs/nix-daemon-off.log)"
+if submit off --no-out-link; then
+    not_ok "helper off: a build that runs a script from its build dir in noexec /tmp fails"
+    diag < "$scratch/out-off"
+elif grep -q 'build dir: /tmp/nix-build-' "$scratch/out-off" && grep -q 'Permission denied' "$scratch/out-off"; then
+    ok "helper off: a build that runs a script from its build dir in noexec /tmp fails (Permission denied)"
+else
+    not_ok "helper off: the build failed, but not because /tmp is noexec"
+    diag < "$scratch/out-off"
+fi
+stop_daemon
+
+# ------------------------------------------------------ helper on, sandbox off
+for sandbox in false true; do
+    log "nix-daemon with build-dir-helper = $bd_sock, sandbox = $sandbox"
+    start_daemon "on-$sandbox" "$bd_sock" "$sandbox" || skip "nix-daemon did not start (log: $logs/nix-daemon-on-$sandbox.log)"
+    tag=s-$sandbox
+    submit "$tag" --no-out-link --argstr gate "$(gate_of $sandbox)" &
+    job=$!
+    if lease=$(wait_lease "$tag"); then
+        path=$(jq -r .path <<<"$lease")
+        owner=$(jq -r .owner_uid <<<"$lease")
+        mode=$(stat -c '%a %u' "$path" 2>/dev/null)
+        opts=$(findmnt -no OPTIONS -T "$path")
+        if is_nixbld_uid "$owner" && [ "$mode" = "700 $owner" ] && [ "$(stat -c %m "$path")" = "$bd_root" ] &&
+           ! grep -qw noexec <<<"$opts" && grep -qw nosuid <<<"$opts" && grep -qw nodev <<<"$opts"; then
+            ok "sandbox=$sandbox: during the build, builddir-ctl list --all shows the lease owned by nixbld uid $owner, mode 0700, on the exec mount ($opts)"
+        else
+            not_ok "sandbox=$sandbox: lease during the build: owner $owner, mode/uid '$mode', mount options $opts"
+            echo "$lease" | diag
+        fi
+    else
+        not_ok "sandbox=$sandbox: no live lease appeared during the build"
+        path=/nonexistent-lease-path
+        lease='{"id":"none"}'
+    fi
+    touch "$scratch/gate/go-$tag"
+    if wait "$job" && [ "$(cat "$(tail -1 "$scratch/out-$tag")" 2>/dev/null)" = "script ran" ]; then
+        ok "sandbox=$sandbox: the patched daemon builds it (script ran from the builddird build dir)"
+    else
+        not_ok "sandbox=$sandbox: the patched daemon failed the build"
+        diag < "$scratch/out-$tag"
+    fi
+    if gone_lease "$(jq -r .id <<<"$lease")" "$path"; then
+        ok "sandbox=$sandbox: after the build the lease is released and the directory is gone"
+    else
+        not_ok "sandbox=$sandbox: $path or its lease still exists after the build"
+    fi
+    [ "$sandbox" = true ] && break
+
+    # --- keep-failed: the tree is handed to the requester (the daemon)
+    if submit keep --no-out-link --arg fail true -K; then
+        not_ok "nix-build -K of a failing derivation: it did not fail"
+    else
+        kept=$(sed -n "s/^note: keeping build directory '\(.*\)'$/\1/p" "$scratch/out-keep" | tail -1)
+        entry=$(ctl --json list --all | jq -c --arg p "$kept" '.[] | select(.path == $p and .state == "kept")')
+        if [ -n "$kept" ] && [ -n "$entry" ] && [ "$(cat "$kept/ran.txt" 2>/dev/null)" = "script ran" ] &&
+           [ "$(stat -c %u "$kept")" = 0 ] && [ "$(stat -c %u "$kept/ran.txt")" = 0 ] &&
+           [ "$(jq -r .owner_uid <<<"$entry")" = 0 ]; then
+            ok "nix-build -K of a failing derivation: the tree is kept at $kept, listed as kept, handed to the requester (the nix-daemon, uid 0), no longer the build user's"
+        else
+            not_ok "nix-build -K: kept path '$kept', listing '$entry'"
+            diag < "$scratch/out-keep"
+            ls -la "$kept" 2>&1 | diag
+        fi
+    fi
+
+    # --- kill -9 of the daemon's worker mid-build
+    submit kill --no-out-link --argstr gate "$scratch/gate" &
+    job=$!
+    if lease=$(wait_lease kill); then
+        worker=$(jq -r .client_pid <<<"$lease")
+        path=$(jq -r .path <<<"$lease")
+        comm=$(cat "/proc/$worker/comm" 2>/dev/null)
+        kill -9 "$worker"
+        if gone_lease "$(jq -r .id <<<"$lease")" "$path"; then
+            ok "kill -9 of the daemon's worker ($comm, pid $worker) mid-build releases the lease and the directory"
+        else
+            not_ok "kill -9 of the daemon's worker: lease $(jq -r .id <<<"$lease") still live or $path still there"
+        fi
+    else
+        not_ok "kill -9 of the worker: no live lease appeared"
+    fi
+    touch "$scratch/gate/go-kill"
+    wait "$job"
+
+    # --- 8 concurrent builds
+    jobs_=()
+    for i in $(seq 1 8); do
+        submit "c$i" --no-out-link --argstr gate "$scratch/gate" &
+        jobs_+=($!)
+    done
+    leases=()
+    for i in $(seq 1 8); do leases+=("$(wait_lease "c$i")"); done
+    ids=$(printf '%s\n' "${leases[@]}" | jq -r '.id // empty' | sort -u | wc -l)
+    paths=$(printf '%s\n' "${leases[@]}" | jq -r '.path // empty' | sort -u | wc -l)
+    uids=$(printf '%s\n' "${leases[@]}" | jq -r '.owner_uid // empty' | sort -u | wc -l)
+    for i in $(seq 1 8); do touch "$scratch/gate/go-c$i"; done
+    built=0
+    for j in "${jobs_[@]}"; do wait "$j" && built=$((built + 1)); done
+    if [ "$ids" = 8 ] && [ "$paths" = 8 ] && [ "$uids" = 8 ] && [ "$built" = 8 ]; then
+        ok "8 concurrent builds get 8 distinct leases (8 ids, 8 paths, 8 nixbld owners) and all succeed"
+    else
+        not_ok "8 concurrent builds: $ids ids, $paths paths, $uids owners, $built built"
+    fi
+    stop_daemon
+done
+stop_daemon
+
+# ---------------------------------------------------------- helper stopped
+log "builddird stopped, nix-daemon still configured to use it"
+kill "$bd_pid"
+wait "$bd_pid" 2>/dev/null
+start_daemon down "$bd_sock" false || skip "nix-daemon did not start (log: $logs/nix-daemon-down.log)"
+before=$(find /tmp -mindepth 1 | sort)
+if submit down --no-out-link; then
+    not_ok "with builddird stopped the build fails: it succeeded"
+else
+    after=$(find /tmp -mindepth 1 | sort)
+    if grep -q "build directory helper '$bd_sock': cannot connect" "$scratch/out-down" && [ "$before" = "$after" ]; then
+        ok "with builddird stopped the build fails with the helper's error, and nothing is written to /tmp"
+        grep "build directory helper" "$scratch/out-down" | head -2 | diag
+    else
+        not_ok "with builddird stopped: wrong error or /tmp changed"
+        diag < "$scratch/out-down"
+        diff <(echo "$before") <(echo "$after") | diag
+    fi
+fi
+stop_daemon
+
+summary
