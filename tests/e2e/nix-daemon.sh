@@ -82,10 +82,8 @@ if [ "${BUILDDIR_NIX_E2E_INNER:-}" != 1 ]; then
     # cheap when nothing changed); the cached Nix finds it through its rpath.
     capi_prefix=$cache/capi
     log "building and installing libbuilddir from $capi_src into $capi_prefix"
-    if ! (cd "$capi_src" && cargo build --release -p builddir-capi) > "$cache/logs/capi-build.log" 2>&1 ||
-       ! make -C "$capi_src/crates/capi" install PREFIX="$capi_prefix" \
-            TARGET_DIR="${CARGO_TARGET_DIR:-$capi_src/target}" > "$cache/logs/capi-install.log" 2>&1; then
-        tail -20 "$cache/logs/capi-build.log" "$cache/logs/capi-install.log" 2>/dev/null | diag
+    if ! "$capi_src/crates/capi/install.sh" "$capi_prefix" > "$cache/logs/capi-install.log" 2>&1; then
+        tail -20 "$cache/logs/capi-install.log" | diag
         echo "error: building libbuilddir failed (logs in $cache/logs)" >&2
         echo "0 passed, 1 failed"
         exit 1
