@@ -84,7 +84,7 @@ pub fn runtime(c: usize) -> Result<Runtime> {
     }
 }
 
-fn floor_block(helper: &Helper, c: usize, per_worker: usize) -> Result<Block> {
+pub fn floor_block(helper: &Helper, c: usize, per_worker: usize) -> Result<Block> {
     let conns = (0..c)
         .map(|_| helper.connect())
         .collect::<Result<Vec<_>>>()?;
@@ -383,5 +383,6 @@ pub fn run(
                 .note("per block: operations / (wall time until the trash is empty again); higher is better"),
         );
     }
+    crate::open_conn::run(report, daemon, &helper, cfg)?;
     Ok(())
 }

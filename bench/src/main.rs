@@ -16,6 +16,7 @@ mod daemon;
 mod env;
 mod floor;
 mod memory;
+mod open_conn;
 mod ready;
 mod report;
 mod today;

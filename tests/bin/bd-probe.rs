@@ -1,5 +1,6 @@
 //! `bd-probe SOCKET [NAME [UID:GID]]`: allocate a lease (for another owner
-//! if UID:GID is given) with the blocking client, check
+//! if UID:GID is given) with the async client on a one-worker runtime (so
+//! the lease reclaims itself across a daemon restart while we wait), check
 //! what arrived, print one JSON line, then hold the lease until stdin closes
 //! (then release it). Tests run it as another uid.
 
@@ -23,21 +24,29 @@ fn main() -> ExitCode {
             gid: g.parse().expect("gid"),
         }
     });
-    let lease =
-        match builddir_client::blocking::Client::connect(&socket).and_then(|c| match owner {
-            Some(o) => c.allocate_for(&name, o),
-            None => c.allocate(&name),
-        }) {
-            Ok(l) => l,
-            Err(e) => {
-                let kind = e.reply().map(|r| r.kind.as_str()).unwrap_or("transport");
-                println!(
-                    "{}",
-                    serde_json::json!({ "error": e.to_string(), "kind": kind })
-                );
-                return ExitCode::FAILURE;
-            }
-        };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let allocated = rt.block_on(async {
+        let c = builddir_client::Client::connect(&socket).await?;
+        match owner {
+            Some(o) => c.allocate_for(&name, o).await,
+            None => c.allocate(&name).await,
+        }
+    });
+    let lease = match allocated {
+        Ok(l) => l,
+        Err(e) => {
+            let kind = e.reply().map(|r| r.kind.as_str()).unwrap_or("transport");
+            println!(
+                "{}",
+                serde_json::json!({ "error": e.to_string(), "kind": kind })
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let st = fstat(lease.dir()).expect("fstat on the received fd");
     let vfs = fstatvfs(lease.dir()).expect("fstatvfs on the received fd");
     // Copy a binary into the directory through the fd, then run it by path.
@@ -74,7 +83,7 @@ fn main() -> ExitCode {
     println!("{out}");
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
-    match lease.release() {
+    match rt.block_on(lease.release()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bd-probe: release failed: {e}");

@@ -1,127 +1,428 @@
-//! The same API for code without an async runtime. Each client owns a small
-//! runtime with one worker thread, which keeps a [`Lease`] alive in the
-//! background (it reclaims the lease if the daemon restarts).
+//! A client with no async runtime: std `UnixStream`, blocking calls, no
+//! thread, no global state, no signal handlers. Every descriptor it holds is
+//! close-on-exec (the socket, and each build directory as it arrives).
+//!
+//! One [`Client`] is one connection, and one connection holds any number of
+//! leases: [`Client::allocate_dir`] hands out a [`BuildDir`] per build,
+//! [`Client::release_dir`] / [`Client::keep_dir`] end one without touching
+//! the others, and dropping the `Client` (closing the connection) makes the
+//! daemon release every lease still held on it.
+//!
+//! With nothing running in the background, a daemon restart is handled by
+//! the caller: when a call fails because the connection closed, connect
+//! again and [`Client::reclaim_dir`] each lease (the daemon keeps them for
+//! its reclaim grace period). Under systemd with the file-descriptor store
+//! (the shipped units) the connection survives the restart and none of this
+//! is needed.
+//!
+//! After `fork()`, only one of parent and child may use a `Client`: they
+//! share the socket, and two processes talking on it interleave frames.
+//! Use it in the parent; an `exec`'d child has none of its descriptors.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), builddir_client::Error> {
+//! use builddir_client::blocking::Client;
+//!
+//! let mut conn = Client::connect_default()?;
+//! let a = conn.allocate_dir("a-1.0", None, None)?;
+//! let b = conn.allocate_dir("b-2.0", None, None)?;
+//! std::fs::write(a.path().join("main.c"), "int main(){return 0;}")?;
+//! conn.release_dir(a)?;
+//! let kept = conn.keep_dir(b)?.kept_path;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Lease`] keeps the older one-lease-per-connection shape
+//! (`Client::connect(s)?.allocate(name)?`): the lease owns its connection.
 
-use std::os::fd::BorrowedFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::time::Duration;
 
-use builddir_proto::{LeaseEntry, Owner, Released, StatusReport};
-use tokio::runtime::Runtime;
+use builddir_proto::{
+    BlockingConnection, FdPolicy, Hello, HelloReply, LeaseEntry, Owner, Released, Request,
+    Response, SizeLimit, StatusReport,
+};
 
-use crate::Error;
+use crate::{default_socket, Error, ServerInfo};
 
-fn runtime() -> Result<Arc<Runtime>, Error> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("builddir-lease")
-        .enable_io()
-        .enable_time()
-        .build()
-        .map(Arc::new)
-        .map_err(|source| Error::Io {
-            context: "cannot start a tokio runtime",
-            source,
-        })
-}
+/// The name this client gives in the handshake (daemon logs show it).
+const CLIENT_NAME: &str = concat!("builddir-client-blocking/", env!("CARGO_PKG_VERSION"));
 
-/// A blocking [`crate::Client`].
+/// A blocking connection to builddird.
 #[derive(Debug)]
 pub struct Client {
-    inner: crate::Client,
-    rt: Arc<Runtime>,
+    conn: BlockingConnection,
+    socket: PathBuf,
+    server: ServerInfo,
+}
+
+/// A build directory held on a [`Client`]'s connection.
+///
+/// Dropping it closes its descriptor only; the lease stays until
+/// [`Client::release_dir`] / [`Client::keep_dir`] or until the connection
+/// closes.
+#[derive(Debug)]
+pub struct BuildDir {
+    dir: OwnedFd,
+    id: String,
+    path: PathBuf,
+    uid: u32,
+    gid: u32,
+    secret: String,
 }
 
 impl Client {
-    /// Connects to `socket` and sends the handshake (its answer is read
-    /// with the first reply, see [`crate::Client::connect`]).
+    /// Connects to `socket` and completes the version handshake. A daemon
+    /// that refuses (version, policy, load) is [`Error::Refused`].
     pub fn connect(socket: impl AsRef<Path>) -> Result<Client, Error> {
-        let rt = runtime()?;
-        let inner = rt.block_on(crate::Client::connect(socket))?;
-        Ok(Client { rt, inner })
+        let path = socket.as_ref();
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Connect {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+        };
+        let mut conn = BlockingConnection::new(stream, FdPolicy::Accept);
+        if let Err(e) = conn.write(&Hello::current(CLIENT_NAME), None) {
+            // A daemon refusing for load answers before reading the hello
+            // and closes: its refusal, already sent, explains the failure.
+            return Err(match conn.read::<HelloReply>() {
+                Ok(Some(HelloReply::Refused(r))) => Error::Refused(r),
+                _ => e.into(),
+            });
+        }
+        let server = match conn.expect::<HelloReply>()? {
+            HelloReply::Welcome {
+                version,
+                server_version,
+                features,
+            } => ServerInfo {
+                server_version,
+                protocol_version: version,
+                features,
+            },
+            HelloReply::Refused(e) => return Err(Error::Refused(e)),
+        };
+        // Nothing rides with a hello reply; anything that did is closed.
+        conn.discard_fds();
+        Ok(Client {
+            conn,
+            socket: path.to_owned(),
+            server,
+        })
     }
 
-    /// Reads the daemon's answer to the handshake now (see
-    /// [`crate::Client::handshake`]).
-    pub fn handshake(&mut self) -> Result<crate::ServerInfo, Error> {
-        let rt = self.rt.clone();
-        rt.block_on(self.inner.handshake()).cloned()
-    }
-
-    /// Connects to [`crate::default_socket`].
+    /// Connects to [`default_socket`].
     pub fn connect_default() -> Result<Client, Error> {
-        Client::connect(crate::default_socket())
+        Client::connect(default_socket())
     }
 
-    /// See [`crate::Client::allocate`].
+    /// What the daemon said in the handshake.
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.server
+    }
+
+    /// The daemon's handshake answer (read by [`Client::connect`] already;
+    /// kept for callers of the earlier API).
+    pub fn handshake(&mut self) -> Result<ServerInfo, Error> {
+        Ok(self.server.clone())
+    }
+
+    /// The socket this client connected to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The connection's socket (to `poll` it: it becomes readable only when
+    /// the daemon closes the connection, since the daemon never speaks
+    /// unasked).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.conn.stream().as_fd()
+    }
+
+    /// Bounds every later send and receive on this connection (`None`: wait
+    /// for ever, the default). A call that runs out fails with a timeout,
+    /// after which the connection is out of step: drop it.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let s = self.conn.stream();
+        s.set_read_timeout(timeout)
+            .and_then(|()| s.set_write_timeout(timeout))
+            .map_err(|source| Error::Io {
+                context: "cannot set the socket timeout",
+                source,
+            })
+    }
+
+    /// Sends one request and reads its response. An error response's
+    /// descriptors (there should be none) are closed; a success's are the
+    /// caller's to claim.
+    fn call(&mut self, request: &Request) -> Result<Response, Error> {
+        self.conn.write(request, None)?;
+        match self.conn.expect::<Response>()? {
+            Response::Error(e) => {
+                self.conn.discard_fds();
+                Err(Error::Server(e))
+            }
+            r => Ok(r),
+        }
+    }
+
+    /// Allocates a build directory on this connection. `name` is metadata
+    /// for listings; `owner: None` is the caller itself (another owner
+    /// needs a grant); `limit: None` the daemon's default size limit.
+    pub fn allocate_dir(
+        &mut self,
+        name: &str,
+        owner: Option<Owner>,
+        limit: Option<SizeLimit>,
+    ) -> Result<BuildDir, Error> {
+        let request = Request::Allocate {
+            name: name.to_owned(),
+            owner,
+            limit,
+        };
+        let response = self.call(&request)?;
+        // The directory's fd rides on the reply's first byte: the one
+        // descriptor this message claims; anything else is closed.
+        let dir = self.conn.take_fd();
+        self.conn.discard_fds();
+        let Response::Allocated(a) = response else {
+            return Err(Error::Unexpected("expected an allocation"));
+        };
+        let dir = dir.ok_or(Error::Unexpected(
+            "allocation reply came without the directory fd",
+        ))?;
+        Ok(BuildDir {
+            dir,
+            id: a.id,
+            path: PathBuf::from(a.path),
+            uid: a.uid,
+            gid: a.gid,
+            secret: a.secret,
+        })
+    }
+
+    /// Ends `dir`'s lease; the daemon deletes the tree in the background.
+    /// `limit_reached` in the answer says whether the build filled its
+    /// size limit.
+    pub fn release_dir(&mut self, dir: BuildDir) -> Result<Released, Error> {
+        self.release(&dir.id, false)
+    }
+
+    /// Ends `dir`'s lease keeping the tree (it is handed over to the
+    /// requester); the answer's `kept_path` says where it went.
+    pub fn keep_dir(&mut self, dir: BuildDir) -> Result<Released, Error> {
+        let r = self.release(&dir.id, true)?;
+        if r.kept_path.is_none() {
+            return Err(Error::Unexpected("keep reply without a kept path"));
+        }
+        Ok(r)
+    }
+
+    /// Takes over `dir`'s lease on this (new) connection after the daemon
+    /// restarted and the old connection closed.
+    pub fn reclaim_dir(&mut self, dir: &BuildDir) -> Result<(), Error> {
+        self.reclaim(&dir.id, &dir.secret)
+    }
+
+    /// Takes over lease `id` with its reclaim `secret`.
+    pub fn reclaim(&mut self, id: &str, secret: &str) -> Result<(), Error> {
+        let request = Request::Reclaim {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+        };
+        match self.call(&request)? {
+            Response::Reclaimed { .. } => Ok(()),
+            _ => Err(Error::Unexpected("expected a reclaim confirmation")),
+        }
+    }
+
+    /// Allocates a build directory owned by the caller; the returned
+    /// [`Lease`] owns this connection.
     pub fn allocate(self, name: &str) -> Result<Lease, Error> {
-        let inner = self.rt.block_on(self.inner.allocate(name))?;
-        Ok(Lease { rt: self.rt, inner })
+        Lease::new(self, name, None, None)
     }
 
-    /// See [`crate::Client::allocate_for`].
+    /// Like [`Client::allocate`], owned by `owner` (needs an owner grant).
     pub fn allocate_for(self, name: &str, owner: Owner) -> Result<Lease, Error> {
-        let inner = self.rt.block_on(self.inner.allocate_for(name, owner))?;
-        Ok(Lease { rt: self.rt, inner })
+        Lease::new(self, name, Some(owner), None)
     }
 
-    /// See [`crate::Client::release`].
+    /// Like [`Client::allocate`], with a size limit (needs a sized lease
+    /// backend, else `bad-request`).
+    pub fn allocate_limited(self, name: &str, limit: SizeLimit) -> Result<Lease, Error> {
+        Lease::new(self, name, None, Some(limit))
+    }
+
+    /// Releases lease `id` (yours, or anyone's for operators). With `keep`,
+    /// the answer carries the kept path.
     pub fn release(&mut self, id: &str, keep: bool) -> Result<Released, Error> {
-        self.rt.block_on(self.inner.release(id, keep))
+        let request = Request::Release {
+            id: id.to_owned(),
+            keep,
+        };
+        match self.call(&request)? {
+            Response::Released(r) => Ok(r),
+            _ => Err(Error::Unexpected("expected a release confirmation")),
+        }
     }
 
-    /// See [`crate::Client::remove`].
+    /// Deletes lease or kept tree `id` (operators).
     pub fn remove(&mut self, id: &str) -> Result<(), Error> {
-        self.rt.block_on(self.inner.remove(id))
+        match self.call(&Request::Remove { id: id.to_owned() })? {
+            Response::Removed { .. } => Ok(()),
+            _ => Err(Error::Unexpected("expected a removal confirmation")),
+        }
     }
 
-    /// See [`crate::Client::list`].
+    /// Lists your leases, or everyone's with `all` (operators).
     pub fn list(&mut self, all: bool, size: bool) -> Result<Vec<LeaseEntry>, Error> {
-        self.rt.block_on(self.inner.list(all, size))
+        match self.call(&Request::List { all, size })? {
+            Response::Leases(rows) => Ok(rows),
+            _ => Err(Error::Unexpected("expected a lease list")),
+        }
     }
 
-    /// See [`crate::Client::status`].
+    /// Deletes kept trees older than `older_than_secs` (0: all); yours, or
+    /// everyone's for operators. Returns the ids deleted.
+    pub fn gc(&mut self, older_than_secs: u64) -> Result<Vec<String>, Error> {
+        match self.call(&Request::Gc { older_than_secs })? {
+            Response::Collected { ids } => Ok(ids),
+            _ => Err(Error::Unexpected("expected a gc result")),
+        }
+    }
+
+    /// The daemon's metrics as OpenMetrics text.
+    pub fn metrics(&mut self) -> Result<String, Error> {
+        match self.call(&Request::Metrics)? {
+            Response::Metrics { text } => Ok(text),
+            _ => Err(Error::Unexpected("expected metrics")),
+        }
+    }
+
+    /// The daemon's status.
     pub fn status(&mut self) -> Result<StatusReport, Error> {
-        self.rt.block_on(self.inner.status())
+        match self.call(&Request::Status)? {
+            Response::Status(s) => Ok(s),
+            _ => Err(Error::Unexpected("expected a status report")),
+        }
     }
 }
 
-/// A blocking [`crate::Lease`]; dropping it releases the lease.
+impl BuildDir {
+    /// The lease id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The build directory's absolute path (for sandbox bind mounts and
+    /// tools that need a path).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The build directory itself (`O_DIRECTORY`, close-on-exec), for the
+    /// caller's own `*at()` file operations.
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// Owner uid and gid of the directory.
+    pub fn owner(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
+
+    /// Takes the directory's descriptor out (the lease itself stays until
+    /// released by id or the connection closes).
+    pub fn into_dir(self) -> OwnedFd {
+        self.dir
+    }
+
+    /// The secret that proves this lease is ours in [`Client::reclaim_dir`].
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Returns true if and only if [`BuildDir::path`] names the directory
+    /// [`BuildDir::dir`] refers to (same device and inode), checked now.
+    pub fn path_matches_dir(&self) -> bool {
+        let by_fd = rustix::fs::fstat(&self.dir);
+        let by_path = rustix::fs::stat(&self.path);
+        matches!((by_fd, by_path), (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+    }
+}
+
+/// One lease that owns its connection: dropping it (or the process dying)
+/// closes the connection, and the daemon releases the lease.
 #[derive(Debug)]
 pub struct Lease {
-    // Field order is drop order: the connection closes before its runtime.
-    inner: crate::Lease,
-    rt: Arc<Runtime>,
+    client: Client,
+    dir: BuildDir,
 }
 
 impl Lease {
+    fn new(
+        mut client: Client,
+        name: &str,
+        owner: Option<Owner>,
+        limit: Option<SizeLimit>,
+    ) -> Result<Lease, Error> {
+        let dir = client.allocate_dir(name, owner, limit)?;
+        Ok(Lease { client, dir })
+    }
+
+    /// The lease id.
     pub fn id(&self) -> &str {
-        self.inner.id()
+        self.dir.id()
     }
 
+    /// The build directory's path.
     pub fn path(&self) -> &Path {
-        self.inner.path()
+        self.dir.path()
     }
 
+    /// The build directory's descriptor.
     pub fn dir(&self) -> BorrowedFd<'_> {
-        self.inner.dir()
+        self.dir.dir()
     }
 
+    /// Owner uid and gid of the directory.
     pub fn owner(&self) -> (u32, u32) {
-        self.inner.owner()
+        self.dir.owner()
     }
 
+    /// See [`BuildDir::path_matches_dir`].
     pub fn path_matches_dir(&self) -> bool {
-        self.inner.path_matches_dir()
+        self.dir.path_matches_dir()
     }
 
-    /// See [`crate::Lease::release`].
+    /// The connection this lease holds (for `list`, `status`, more leases).
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Ends the lease; the daemon deletes the tree in the background.
     pub fn release(self) -> Result<(), Error> {
-        self.rt.block_on(self.inner.release())
+        let Lease { mut client, dir } = self;
+        client.release_dir(dir).map(|_| ())
     }
 
-    /// See [`crate::Lease::keep`].
+    /// Ends the lease but keeps the tree; returns where it now lives.
     pub fn keep(self) -> Result<PathBuf, Error> {
-        self.rt.block_on(self.inner.keep())
+        let Lease { mut client, dir } = self;
+        client
+            .keep_dir(dir)?
+            .kept_path
+            .map(PathBuf::from)
+            .ok_or(Error::Unexpected("keep reply without a kept path"))
     }
 }

@@ -2,20 +2,11 @@ use std::path::{Path, PathBuf};
 
 use builddir_proto::{
     Connection, ErrorReply, FdPolicy, Hello, HelloReply, LeaseEntry, Owner, Released, Request,
-    Response, SizeLimit, StatusReport, DEFAULT_SOCKET, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
-    SOCKET_ENV,
+    Response, SizeLimit, StatusReport, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use tokio::net::UnixStream;
 
-use crate::{Error, Lease};
-
-/// The socket path clients use: `$BUILDDIR_SOCKET`, else `/run/builddird.sock`.
-pub fn default_socket() -> PathBuf {
-    std::env::var_os(SOCKET_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
-}
+use crate::{default_socket, Error, Lease, ServerInfo};
 
 /// A connection to builddird.
 ///
@@ -30,17 +21,6 @@ pub struct Client {
     server: Option<ServerInfo>,
     /// Its refusal, once read (the connection is over then).
     refused: Option<ErrorReply>,
-}
-
-/// What the daemon said about itself in the handshake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerInfo {
-    /// The daemon's version string.
-    pub server_version: String,
-    /// The protocol version both sides agreed on.
-    pub protocol_version: u32,
-    /// Features the daemon advertised.
-    pub features: Vec<String>,
 }
 
 impl Client {

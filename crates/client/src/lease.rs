@@ -24,8 +24,8 @@ pub const RECLAIM_PATIENCE: Duration = Duration::from_secs(300);
 /// an unclaimed lease for `reclaim_grace_secs` (default 60 s) after it
 /// starts, then releases it. The directory, its fd and its path stay the
 /// same throughout; the caller does nothing. This needs the lease's runtime
-/// to keep running (with [`crate::blocking`] it does: it owns a worker
-/// thread).
+/// to keep running. (The runtime-free [`crate::blocking`] client has no
+/// background task: there the caller reclaims explicitly.)
 #[derive(Debug)]
 pub struct Lease {
     dir: OwnedFd,
@@ -171,14 +171,17 @@ async fn settled(socket: &Path, id: &str, keep: bool) -> Result<Released, Error>
         Some(r) if keep && r.state == builddir_proto::LeaseState::Kept => Ok(Released {
             id: id.to_owned(),
             kept_path: Some(r.path),
+            limit_reached: false,
         }),
         Some(r) if !keep && r.state != builddir_proto::LeaseState::Kept => Ok(Released {
             id: id.to_owned(),
             kept_path: None,
+            limit_reached: false,
         }),
         None if !keep => Ok(Released {
             id: id.to_owned(),
             kept_path: None,
+            limit_reached: false,
         }),
         _ => Err(lost()),
     }

@@ -17,16 +17,7 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::{codec, fdpass, ProtoError, MAX_FRAME};
-
-/// Whether this side accepts descriptors from its peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FdPolicy {
-    /// Queue them for the message that claims them (the client).
-    Accept,
-    /// Close them at once and fail the read (the daemon).
-    Refuse,
-}
+use crate::{codec, fdpass, FdPolicy, ProtoError, MAX_FRAME};
 
 /// One end of a builddird connection.
 #[derive(Debug)]

@@ -19,6 +19,15 @@ use rustix::net::{
 /// `MSG_CTRUNC` (and the kernel closes the excess).
 pub const MAX_FDS_PER_READ: usize = 4;
 
+/// Whether this side accepts descriptors from its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdPolicy {
+    /// Queue them for the message that claims them (the client).
+    Accept,
+    /// Close them at once and fail the read (the daemon).
+    Refuse,
+}
+
 /// The outcome of one [`recv`].
 #[derive(Debug)]
 pub struct Received {

@@ -7,7 +7,8 @@
 
 use proptest::prelude::*;
 
-use crate::connection::{Connection, FdPolicy};
+use crate::connection::Connection;
+use crate::FdPolicy;
 use crate::{codec, Hello, HelloReply, Owner, Request, Response};
 
 fn request() -> impl Strategy<Value = Request> {

@@ -13,19 +13,28 @@
 //! reply's frame (`SCM_RIGHTS`). Every read goes through `recvmsg` with
 //! `MSG_CMSG_CLOEXEC` ([`fdpass`]), a truncated control message is an error,
 //! and descriptors that no message claims are closed at once.
+//!
+//! `Connection` is the async (tokio) end, behind the default `tokio`
+//! feature; [`BlockingConnection`] is the same over a std `UnixStream`,
+//! with no runtime and no thread, for clients that cannot have one.
 
+pub mod blocking;
 pub mod codec;
+#[cfg(feature = "tokio")]
 pub mod connection;
 pub mod error;
 pub mod fdpass;
 pub mod message;
 pub mod version;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tokio"))]
 mod fuzz;
 
-pub use connection::{Connection, FdPolicy};
+pub use blocking::BlockingConnection;
+#[cfg(feature = "tokio")]
+pub use connection::Connection;
 pub use error::ProtoError;
+pub use fdpass::FdPolicy;
 pub use message::*;
 pub use version::{negotiate, MAGIC, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 

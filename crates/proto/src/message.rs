@@ -137,6 +137,9 @@ pub struct Released {
     pub id: String,
     /// Where the tree went, if it was kept.
     pub kept_path: Option<String>,
+    /// True if the build filled its size or inode limit (the lease's tmpfs
+    /// or project quota was full when it ended); false without a limit.
+    pub limit_reached: bool,
 }
 
 /// What a lease's directory is doing now.

@@ -6,13 +6,15 @@ pub const MAGIC: [u8; 8] = *b"BUILDDIR";
 
 /// The newest protocol version this build speaks.
 ///
+/// 2: [`crate::Released`] gained `limit_reached`.
+///
 /// Bump it whenever a message's encoding changes (bincode has no field tags:
 /// adding a field or an enum variant changes the encoding).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest protocol version this build still speaks. Raise it only when
 /// support for an old encoding is removed.
-pub const PROTOCOL_VERSION_MIN: u32 = 1;
+pub const PROTOCOL_VERSION_MIN: u32 = 2;
 
 /// Returns the highest version in both `[client_min, client_max]` and
 /// `[PROTOCOL_VERSION_MIN, PROTOCOL_VERSION]`, or `None` if and only if the
@@ -29,7 +31,8 @@ mod tests {
 
     #[test]
     fn picks_highest_common_version() {
-        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(2, 2), Some(2));
+        assert_eq!(negotiate(1, 1), None);
         assert_eq!(negotiate(0, 99), Some(PROTOCOL_VERSION));
     }
 

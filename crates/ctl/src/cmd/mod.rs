@@ -26,13 +26,20 @@ pub async fn release(socket: &Path, json: bool, id: &str, keep: bool) -> Result<
     struct Out<'a> {
         id: &'a str,
         kept_path: Option<&'a str>,
+        limit_reached: bool,
     }
     if json {
         output::json(&Out {
             id: &released.id,
             kept_path: released.kept_path.as_deref(),
+            limit_reached: released.limit_reached,
         })?;
-    } else if let Some(path) = &released.kept_path {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if released.limit_reached {
+        println!("lease {} had filled its size limit", released.id);
+    }
+    if let Some(path) = &released.kept_path {
         println!("kept {} at {path}", released.id);
     } else {
         println!("released {}", released.id);

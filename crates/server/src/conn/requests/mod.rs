@@ -3,6 +3,7 @@
 
 mod allocate;
 mod gc;
+mod limit;
 mod list;
 mod reclaim;
 mod release;

@@ -20,6 +20,8 @@ impl Session {
                 format!("lease {id} is {} already, not live", record.state),
             );
         }
+        // Asked before the tree moves: the answer comes from the live lease.
+        let limit_reached = super::limit::reached(&self.daemon, &record);
         let result = self.end_lease(record.id, keep, "release");
         if let Ok(Some(_)) = &result {
             self.hand_over_kept(&record).await;
@@ -29,6 +31,7 @@ impl Session {
                 Response::Released(Released {
                     id: record.id.to_string(),
                     kept_path,
+                    limit_reached,
                 }),
                 None,
             ),
