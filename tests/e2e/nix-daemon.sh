@@ -369,8 +369,7 @@ for sandbox in false true; do
         fi
     else
         not_ok "sandbox=$sandbox: no live lease appeared during the build"
-        path=/nonexistent-lease-path
-        lease='{"id":"none"}'
+        lease=
     fi
     touch "$scratch/gate/go-$tag"
     if wait "$job" && [ "$(cat "$(tail -1 "$scratch/out-$tag")" 2>/dev/null)" = "script ran" ]; then
@@ -379,7 +378,9 @@ for sandbox in false true; do
         not_ok "sandbox=$sandbox: the patched daemon failed the build"
         diag < "$scratch/out-$tag"
     fi
-    if gone_lease "$(jq -r .id <<<"$lease")" "$path"; then
+    if [ -z "$lease" ]; then
+        not_ok "sandbox=$sandbox: after the build the lease is released and the directory is gone (there was no lease)"
+    elif gone_lease "$(jq -r .id <<<"$lease")" "$path"; then
         ok "sandbox=$sandbox: after the build the lease is released and the directory is gone"
     else
         not_ok "sandbox=$sandbox: $path or its lease still exists after the build"
