@@ -241,10 +241,13 @@ derivation {
   name = "builddir-e2e-${tag}";
   system = builtins.currentSystem;
   builder = "/bin/sh";
+  # The host's tools without the sandbox; busybox's applets inside it.
+  PATH = "/usr/bin:/bin";
   args = [ "-c" ''
     echo "build dir: $PWD"
     printf '#!/bin/sh\necho script ran\n' > ./script
-    chmod 755 ./script
+    chmod 755 ./script || exit 1
+    echo "chmod 755 ./script: done"
     ran=$(./script) || exit 1
     echo "$ran" > ./ran.txt
     if [ -n "${gate}" ]; then
@@ -299,11 +302,12 @@ submit() {
 gate_of() { if [ "$1" = true ]; then echo /gate; else echo "$scratch/gate"; fi; }
 
 # wait_lease TAG: prints the live lease of TAG's build as JSON, waits up to 60s
+# (Nix names it after the derivation: nix-build-builddir-e2e-TAG.drv)
 wait_lease() {
     local l
     for _ in $(seq 1 300); do
         l=$(ctl --json list --all 2>/dev/null |
-            jq -c --arg n "nix-build-builddir-e2e-$1" '[.[] | select(.name == $n and .state == "live")] | first // empty')
+            jq -c --arg n "nix-build-builddir-e2e-$1.drv" '[.[] | select(.name == $n and .state == "live")] | first // empty')
         [ -n "$l" ] && { echo "$l"; return 0; }
         sleep 0.2
     done
@@ -328,7 +332,8 @@ expect_noexec_failure() {
     if submit "$1" --no-out-link; then
         not_ok "$2: a build that runs a script from its build dir in noexec /tmp fails (it succeeded)"
         diag < "$scratch/out-$1"
-    elif grep -q 'build dir: /tmp/nix-build-' "$scratch/out-$1" && grep -q 'Permission denied' "$scratch/out-$1"; then
+    elif grep -q 'build dir: /tmp/nix-build-' "$scratch/out-$1" && grep -q 'chmod 755 ./script: done' "$scratch/out-$1" &&
+         grep -q 'script: Permission denied' "$scratch/out-$1"; then
         ok "$2: a build that runs a script from its build dir in noexec /tmp fails (Permission denied)"
     else
         not_ok "$2: the build failed, but not because /tmp is noexec"
@@ -360,7 +365,7 @@ for sandbox in false true; do
         owner=$(jq -r .owner_uid <<<"$lease")
         mode=$(stat -c '%a %u' "$path" 2>/dev/null)
         opts=$(findmnt -no OPTIONS -T "$path")
-        if is_nixbld_uid "$owner" && [ "$mode" = "700 $owner" ] && [ "$(stat -c %m "$path")" = "$bd_root" ] &&
+        if is_nixbld_uid "$owner" && [ "$mode" = "700 $owner" ] && [ "$(findmnt -no TARGET -T "$path")" = "$bd_root" ] &&
            ! grep -qw noexec <<<"$opts" && grep -qw nosuid <<<"$opts" && grep -qw nodev <<<"$opts"; then
             ok "sandbox=$sandbox: during the build, builddir-ctl list --all shows the lease owned by nixbld uid $owner, mode 0700, on the exec mount ($opts)"
         else
@@ -395,8 +400,8 @@ for sandbox in false true; do
         entry=$(ctl --json list --all | jq -c --arg p "$kept" '.[] | select(.path == $p and .state == "kept")')
         if [ -n "$kept" ] && [ -n "$entry" ] && [ "$(cat "$kept/ran.txt" 2>/dev/null)" = "script ran" ] &&
            [ "$(stat -c %u "$kept")" = 0 ] && [ "$(stat -c %u "$kept/ran.txt")" = 0 ] &&
-           [ "$(jq -r .owner_uid <<<"$entry")" = 0 ]; then
-            ok "nix-build -K of a failing derivation: the tree is kept at $kept, listed as kept, handed to the requester (the nix-daemon, uid 0), no longer the build user's"
+           [ "$(stat -c %u "$kept/script")" = 0 ]; then
+            ok "nix-build -K of a failing derivation: the tree is kept at $kept, listed as kept, handed to the requester (the nix-daemon, uid 0): no longer the build user's"
         else
             not_ok "nix-build -K: kept path '$kept', listing '$entry'"
             diag < "$scratch/out-keep"
