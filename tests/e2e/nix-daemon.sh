@@ -92,7 +92,8 @@ if [ "${BUILDDIR_NIX_E2E_INNER:-}" != 1 ]; then
 
     # --- the source package
     src=$cache/src
-    dsc=$(ls "$src"/nix_*.dsc 2>/dev/null | head -1)
+    first_dsc() { local d; for d in "$src"/nix_*.dsc; do [ -e "$d" ] && echo "$d" && return; done; }
+    dsc=$(first_dsc)
     if [ -z "$dsc" ]; then
         log "apt-get source --download-only nix"
         mkdir -p "$src"
@@ -105,7 +106,8 @@ if [ "${BUILDDIR_NIX_E2E_INNER:-}" != 1 ]; then
             (cd "$src" && apt-get source -qq --download-only nix) > "$cache/logs/source.log" 2>&1 ||
                 { tail -5 "$cache/logs/source.log" | diag; skip "apt-get source nix failed (see $cache/logs/source.log)"; }
         fi
-        dsc=$(ls "$src"/nix_*.dsc | head -1)
+        dsc=$(first_dsc)
+        [ -n "$dsc" ] || skip "apt-get source nix left no .dsc in $src"
     fi
 
     # --- the patched Nix, cached
@@ -205,8 +207,9 @@ echo "nixbld:x:$nixbld_gid:$members" >> "$scratch/group"
 echo "$user:x:$submitter_uid:$submitter_uid:builddird e2e submitter:$scratch/home:/bin/sh" >> "$scratch/passwd"
 echo "$user:x:$submitter_uid:" >> "$scratch/group"
 chmod 0644 "$scratch/passwd" "$scratch/group"
-mount --bind "$scratch/passwd" /etc/passwd && mount --bind "$scratch/group" /etc/group ||
+if ! mount --bind "$scratch/passwd" /etc/passwd || ! mount --bind "$scratch/group" /etc/group; then
     skip "cannot bind-mount private /etc/passwd and /etc/group"
+fi
 [ "$(getent group nixbld | cut -d: -f4)" = "$members" ] ||
     skip "the private /etc/group is not what getent sees (nscd or sssd caching?)"
 mkdir -p "$scratch/home"
@@ -405,7 +408,7 @@ for sandbox in false true; do
         else
             not_ok "nix-build -K: kept path '$kept', listing '$entry'"
             diag < "$scratch/out-keep"
-            ls -la "$kept" 2>&1 | diag
+            stat -c '%A %U:%G %n' "$kept" "$kept"/* 2>&1 | diag
         fi
     fi
 
