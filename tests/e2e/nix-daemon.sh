@@ -167,7 +167,10 @@ if [ "${BUILDDIR_NIX_E2E_INNER:-}" != 1 ]; then
     made_nix=0
     if [ ! -e /nix ]; then mkdir /nix && made_nix=1; fi
     log "entering a private mount and PID namespace"
+    # The host's Rust toolchain, for the Cargo build-script check (optional).
+    rust_sysroot=$(rustc --print sysroot 2>/dev/null) || rust_sysroot=
     BUILDDIR_NIX_E2E_INNER=1 NIX_E2E_INST=$inst NIX_E2E_BIN=$bin_dir NIX_E2E_LOGS=$cache/logs \
+        NIX_E2E_RUST=$rust_sysroot \
         unshare --mount --propagation private --pid --fork --mount-proc "$0"
     status=$?
     [ "$made_nix" = 1 ] && rmdir /nix
@@ -175,9 +178,9 @@ if [ "${BUILDDIR_NIX_E2E_INNER:-}" != 1 ]; then
 fi
 
 # ========================================================== inner: tests ===
-inst=$NIX_E2E_INST
-bin=$NIX_E2E_BIN
-logs=$NIX_E2E_LOGS
+inst=${NIX_E2E_INST:?}
+bin=${NIX_E2E_BIN:?}
+logs=${NIX_E2E_LOGS:?}
 ctl() { "$bin/builddir-ctl" --socket "$bd_sock" "$@"; }
 
 mount -t tmpfs -o mode=1777,noexec,nosuid,nodev tmpfs /tmp || skip "cannot mount a tmpfs on /tmp"
@@ -262,6 +265,45 @@ derivation {
 }
 EOF
 chmod 0644 "$scratch/drv.nix"
+
+# The seed case: a Cargo crate with a build script (Cargo runs the compiled
+# build script from the target dir, in the build dir). The toolchain is the
+# host's, bind-mounted where build users can read it (sandbox off only).
+rust=
+if [ -n "${NIX_E2E_RUST:-}" ] && [ -x "$NIX_E2E_RUST/bin/cargo" ] && command -v cc >/dev/null; then
+    rust=$scratch/rust
+    mkdir -p "$rust"
+    if ! mount --bind "$NIX_E2E_RUST" "$rust" || ! mount -o remount,bind,ro "$rust"; then rust=; fi
+fi
+cat > "$scratch/cargo.nix" <<'EOF'
+{ tag, rust }:
+derivation {
+  name = "builddir-e2e-${tag}";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  PATH = "${rust}/bin:/usr/bin:/bin";
+  args = [ "-c" ''
+    set -e
+    export HOME="$PWD" CARGO_HOME="$PWD/.cargo"
+    mkdir -p hello/src
+    cd hello
+    printf '[package]\nname = "hello"\nversion = "0.1.0"\nedition = "2021"\n' > Cargo.toml
+    printf 'fn main() { println!("cargo:rustc-env=FROM_BUILD_SCRIPT=yes"); }\n' > build.rs
+    printf 'fn main() { println!("build script ran: {}", env!("FROM_BUILD_SCRIPT")); }\n' > src/main.rs
+    cargo build --offline
+    ./target/debug/hello > "$out"
+  '' ];
+}
+EOF
+chmod 0644 "$scratch/cargo.nix"
+# cargo_build TAG: nix-build of the crate as the submitting user
+cargo_build() {
+    timeout 600 setpriv --reuid="$submitter_uid" --regid="$submitter_uid" --clear-groups \
+        env -i PATH="$inst/bin:/usr/bin:/bin" HOME="$scratch/home" NIX_REMOTE=daemon \
+        NIX_CONF_DIR="$scratch/client-conf" \
+        nix-build "$scratch/cargo.nix" --argstr tag "$1" --argstr rust "$rust" --no-out-link \
+        > "$scratch/out-$1" 2>&1
+}
 
 # --- the nix-daemon, restarted with each configuration
 nd_pid=
@@ -354,6 +396,16 @@ fi
 log "patched nix-daemon with build-dir-helper unset (Nix's own behaviour), sandbox off"
 start_daemon off "" false || skip "nix-daemon did not start (log: $logs/nix-daemon-off.log)"
 expect_noexec_failure off "helper unset"
+if [ -n "$rust" ]; then
+    if cargo_build cargo-off; then
+        not_ok "helper unset: a Cargo crate with a build script fails in noexec /tmp (it built)"
+    elif grep -q 'build-script-build' "$scratch/out-cargo-off" && grep -q 'os error 13' "$scratch/out-cargo-off"; then
+        ok "helper unset: a Cargo crate with a build script fails in noexec /tmp (build-script-build: os error 13)"
+    else
+        not_ok "helper unset: the Cargo build failed, but not on its build script"
+        tail -20 "$scratch/out-cargo-off" | diag
+    fi
+fi
 stop_daemon
 
 # ------------------------------------------------------ helper on, sandbox off
@@ -394,6 +446,16 @@ for sandbox in false true; do
         not_ok "sandbox=$sandbox: $path or its lease still exists after the build"
     fi
     [ "$sandbox" = true ] && break
+
+    # --- the seed case through the daemon
+    if [ -z "$rust" ]; then
+        log "no host Rust toolchain (rustc --print sysroot): the Cargo checks are not run"
+    elif cargo_build cargo-on && [ "$(cat "$(tail -1 "$scratch/out-cargo-on")")" = "build script ran: yes" ]; then
+        ok "sandbox=false: a Cargo crate with a build script builds in its builddird build dir"
+    else
+        not_ok "sandbox=false: the Cargo crate with a build script failed"
+        tail -20 "$scratch/out-cargo-on" | diag
+    fi
 
     # --- keep-failed: the tree is handed to the requester (the daemon)
     if submit keep --no-out-link --arg fail true -K; then
