@@ -157,11 +157,14 @@ if [ "${BUILDDIR_NIX_E2E_INNER:-}" != 1 ]; then
         echo "$key" > "$inst/.key"
         log "patched Nix built in $((SECONDS - build_start))s"
     fi
-    if ldd "$inst/bin/nix" | grep -q 'not found'; then
-        ldd "$inst/bin/nix" | grep 'not found' | diag
+    # (ldd's output is captured first: `grep -q` stopping early would make
+    # ldd die of SIGPIPE, which pipefail reports as a failure.)
+    libs=$(ldd "$inst/bin/nix" "$inst/lib/libnixstore.so" 2>&1)
+    if grep -q 'not found' <<<"$libs"; then
+        grep 'not found' <<<"$libs" | diag
         skip "the cached Nix misses shared libraries: run 'apt-get build-dep nix' (or delete $inst)"
     fi
-    ldd "$inst/lib/libnixstore.so" | grep -q libbuilddir ||
+    grep -q 'libbuilddir\.so' <<<"$libs" ||
         { echo "error: $inst/lib/libnixstore.so is not linked against libbuilddir" >&2; echo "0 passed, 1 failed"; exit 1; }
 
     made_nix=0
@@ -185,7 +188,7 @@ ctl() { "$bin/builddir-ctl" --socket "$bd_sock" "$@"; }
 
 mount -t tmpfs -o mode=1777,noexec,nosuid,nodev tmpfs /tmp || skip "cannot mount a tmpfs on /tmp"
 mount -t tmpfs -o mode=0755 tmpfs /nix || skip "cannot mount a tmpfs on /nix"
-findmnt -no OPTIONS /tmp | grep -q noexec || skip "/tmp is not noexec in the namespace"
+grep -qw noexec <<<"$(findmnt -no OPTIONS /tmp)" || skip "/tmp is not noexec in the namespace"
 
 scratch=/nix/e2e
 mkdir -p "$scratch/gate" /nix/var/nix
@@ -197,7 +200,7 @@ nixbld_gid=30000 submitter_uid=30100 user=nixe2e
 grep -Ev '^(nixbld[0-9]*|nixe2e):' /etc/passwd > "$scratch/passwd"
 grep -Ev '^(nixbld|nixe2e):' /etc/group > "$scratch/group"
 for id in $nixbld_gid $(seq 30001 30008) $submitter_uid; do
-    if cut -d: -f3 "$scratch/passwd" "$scratch/group" | grep -qx "$id"; then
+    if grep -qx "$id" <<<"$(cut -d: -f3 "$scratch/passwd" "$scratch/group")"; then
         skip "id $id is taken on this host (the test's nixbld users use 30000-30008 and 30100)"
     fi
 done
