@@ -126,6 +126,20 @@ in
       '';
     };
 
+    nixDaemon.enable = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Make the Nix daemon take every build's directory from builddird: sets
+        `nix.settings.build-dir-helper` to the socket and orders nix-daemon
+        after builddird.socket. Needs a Nix with the `build-dir-helper`
+        setting (contrib/nix/build-dir-helper.patch of this repository, in
+        `nix.package`); an unpatched Nix only warns about an unknown setting
+        and keeps using its own TMPDIR. While set, a build fails when
+        builddird cannot be reached: the daemon never falls back to TMPDIR.
+      '';
+    };
+
     allowedGroups = mkOption {
       type = types.nullOr (types.listOf types.str);
       default = null;
@@ -142,6 +156,14 @@ in
     };
 
     environment.systemPackages = [ cfg.package ];
+
+    nix.settings = mkIf cfg.nixDaemon.enable {
+      build-dir-helper = "/run/builddird.sock";
+    };
+    systemd.services.nix-daemon = mkIf cfg.nixDaemon.enable {
+      wants = [ "builddird.socket" ];
+      after = [ "builddird.socket" ];
+    };
 
     users.groups = {
       ${cfg.socketGroup} = { };

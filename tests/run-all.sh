@@ -111,6 +111,9 @@ step "unit files" tests/e2e/verify-units.sh
 step "NixOS files" tests/e2e/nix-parse.sh
 # 6. The benchmark harness at tiny sizes, so it never rots.
 step "benchmark smoke" cargo run -p builddir-bench -- --smoke
+# 7. A patched multi-user Nix daemon takes its build dirs from builddird on a
+#    noexec /tmp (builds Nix once, cached under /var/cache/builddird-e2e/nix).
+step "Nix daemon" tests/e2e/nix-daemon.sh
 
 echo
 echo "== summary"

@@ -70,6 +70,10 @@ let
         type = types.attrsOf (types.submodule { });
         default = { };
       };
+      nix.settings = mkOption {
+        type = types.attrsOf types.anything;
+        default = { };
+      };
       systemd.tmpfiles.rules = mkOption {
         type = types.listOf types.str;
         default = [ ];
