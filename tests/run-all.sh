@@ -9,9 +9,14 @@
 #     python3-prometheus-client, dpkg-dev, g++, pkg-config, and qemu-system-x86 from
 #     bookworm-backports (it writes
 #     /etc/apt/sources.list.d/bookworm-backports.list on Debian 12 for it)
+#   - for the Nix daemon test: a deb-src line for bookworm
+#     (/etc/apt/sources.list.d/bookworm-src.list), nix's build-dependencies,
+#     busybox-static and jq; an empty /nix mount point, removed again if it
+#     made it
 #   - target/ in the checkout (debug and release builds, the .deb)
 #   - caches under /var/cache/builddird-e2e (a debootstrap root for the
-#     systemd container, one for the quota VM; reused by later runs)
+#     systemd container, one for the quota VM, the patched Nix; reused by
+#     later runs)
 #   - scratch under /var/tmp (removed after each suite; a test that crashes
 #     may leave directories in /var/tmp/builddird-tests)
 #   - no package of the project is installed on the host: the .deb is
