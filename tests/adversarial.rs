@@ -1176,17 +1176,36 @@ fn a_tmpfs_lease_held_open_after_release_stays_counted_until_its_tmpfs_is_gone()
         },
     );
     let canary = Canary::new(&d);
-    // The build keeps a file open in its tmpfs for 4 s after the release.
-    let mut attack = Attack::start(&d, &canary, USER_A, "pin", 0, 4.0);
+    // The build keeps a file open in its tmpfs for 8 s after the release
+    // (time for the checks below, under load, while it is held).
+    let mut attack = Attack::start(&d, &canary, USER_A, "pin", 0, 8.0);
     let id = attack.id.clone();
     attack.go();
-    // Released, its tree deleted, but the tmpfs is alive: still listed and
-    // still its user's only place.
-    std::thread::sleep(Duration::from_millis(800));
+    let state_of = |d: &Daemon| {
+        d.list_all()
+            .into_iter()
+            .find(|r| r["id"] == id.as_str())
+            .map(|r| r["state"].as_str().unwrap_or("?").to_owned())
+    };
+    // Released, its tree deleted, but the tmpfs is alive: listed as
+    // detaching, counted in `status`, and still its user's only place.
     assert!(
-        d.list_all().iter().any(|r| r["id"] == id.as_str()),
-        "a tmpfs lease held open vanished from list:\n{}",
+        eventually(Duration::from_secs(4), || state_of(&d).as_deref()
+            == Some("detaching")),
+        "a tmpfs lease held open is not listed as detaching: {:?}\n{}",
+        state_of(&d),
         d.log_text()
+    );
+    let held = status_json(&d);
+    assert_eq!(
+        (&held["leases"]["detaching"], &held["leases"]["reaping"]),
+        (&serde_json::json!(1), &serde_json::json!(0)),
+        "{held}"
+    );
+    assert!(
+        d.entries("trash").is_empty(),
+        "detaching, yet its tree is still in trash: {:?}",
+        d.entries("trash")
     );
     let refused = Probe::start(&d.socket, USER_A, "next");
     assert_eq!(
@@ -1195,16 +1214,21 @@ fn a_tmpfs_lease_held_open_after_release_stays_counted_until_its_tmpfs_is_gone()
         refused.report
     );
     drop(refused);
+    assert_eq!(
+        state_of(&d).as_deref(),
+        Some("detaching"),
+        "the holder still runs: the lease must still be detaching\n{}",
+        d.log_text()
+    );
     attack.finish("tmpfs-held");
     // The holder is gone: so is the tmpfs, and the lease with it.
     assert!(
-        eventually(Duration::from_secs(10), || !d
-            .list_all()
-            .iter()
-            .any(|r| r["id"] == id.as_str())),
-        "{}",
+        eventually(Duration::from_secs(10), || state_of(&d).is_none()),
+        "still listed as {:?} after its holder exited\n{}",
+        state_of(&d),
         d.log_text()
     );
+    assert_eq!(status_json(&d)["leases"]["detaching"], 0);
     let again = Probe::start(&d.socket, USER_A, "again");
     assert_eq!(again.report["exec_ok"], true, "{}", again.report);
     canary.assert_intact("tmpfs-held");

@@ -154,6 +154,10 @@ pub enum LeaseState {
     /// Deletion gave up (mount point inside, refilling writer, errors); the
     /// tree stays in trash and is retried at the next start.
     Quarantined,
+    /// Released, its tree deleted (or being deleted), but its tmpfs is still
+    /// held by a process of the build (the detach is lazy): its memory stays
+    /// counted until the kernel reports the tmpfs gone. Protocol 2 onwards.
+    Detaching,
 }
 
 impl LeaseState {
@@ -164,6 +168,7 @@ impl LeaseState {
             LeaseState::Kept => "kept",
             LeaseState::Reaping => "reaping",
             LeaseState::Quarantined => "quarantined",
+            LeaseState::Detaching => "detaching",
         }
     }
 }
@@ -220,6 +225,8 @@ pub struct StatusReport {
     pub reap_errors: u64,
     /// The most recent reap error, if any (`path: error`).
     pub last_reap_error: Option<String>,
+    /// Leases released whose tmpfs a process of the build still holds.
+    pub detaching: u64,
 }
 
 /// Why a request failed.

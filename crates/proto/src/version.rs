@@ -6,7 +6,8 @@ pub const MAGIC: [u8; 8] = *b"BUILDDIR";
 
 /// The newest protocol version this build speaks.
 ///
-/// 2: [`crate::Released`] gained `limit_reached`.
+/// 2: [`crate::Released`] gained `limit_reached`; [`crate::LeaseState`]
+/// gained `Detaching` (index 4); [`crate::StatusReport`] gained `detaching`.
 ///
 /// Bump it whenever a message's encoding changes (bincode has no field tags:
 /// adding a field or an enum variant changes the encoding).

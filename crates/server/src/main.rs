@@ -133,7 +133,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         made_mount: config.backing != Backing::External
             && !mount::is_mount_point(&config.root).unwrap_or(false),
         backing: config.backing,
-        counts: [0; 4],
+        counts: [0; 5],
     };
     mount::prepare(&config.root, config.backing, &config.tmpfs_size)?;
     let root = mount::verify(&config.root)?;

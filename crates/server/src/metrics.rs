@@ -19,7 +19,7 @@ pub fn render(daemon: &Daemon) -> String {
             let _ = writeln!(out, "{name}{suffix}{labels} {value}");
         }
     };
-    let [live, kept, reaping, quarantined] = daemon.table.state_counts();
+    let [live, kept, reaping, quarantined, detaching] = daemon.table.state_counts();
     family(
         "builddird_leases",
         "gauge",
@@ -29,6 +29,7 @@ pub fn render(daemon: &Daemon) -> String {
             ("{state=\"kept\"}".into(), kept),
             ("{state=\"reaping\"}".into(), reaping),
             ("{state=\"quarantined\"}".into(), quarantined),
+            ("{state=\"detaching\"}".into(), detaching),
         ],
     );
     family(

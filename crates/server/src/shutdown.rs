@@ -22,8 +22,8 @@ pub struct AtStop {
     /// The mount was made by this process (the root was no mount point).
     pub made_mount: bool,
     pub backing: Backing,
-    /// Leases by state: live, kept, reaping, quarantined.
-    pub counts: [u64; 4],
+    /// Leases by state: live, kept, reaping, quarantined, detaching.
+    pub counts: [u64; 5],
 }
 
 /// Leave the mount, or take it down.
@@ -36,7 +36,9 @@ pub enum Decision {
 
 /// Decides what to do with the mount at stop.
 pub fn decide(at: &AtStop) -> Decision {
-    let [live, kept, reaping, quarantined] = at.counts;
+    // A detaching lease's tree is deleted and its tmpfs detached from the
+    // root already: unmounting the root takes nothing from it.
+    let [live, kept, reaping, quarantined, _detaching] = at.counts;
     if at.activated {
         return Decision::Leave("started by systemd, so a restart finds it in place".into());
     }
@@ -83,7 +85,7 @@ pub fn finish(root: &Path, at: &AtStop) {
 mod tests {
     use super::*;
 
-    fn at(activated: bool, made_mount: bool, backing: Backing, counts: [u64; 4]) -> AtStop {
+    fn at(activated: bool, made_mount: bool, backing: Backing, counts: [u64; 5]) -> AtStop {
         AtStop {
             activated,
             made_mount,
@@ -95,16 +97,21 @@ mod tests {
     #[test]
     fn a_hand_run_daemon_takes_down_its_own_idle_mount() {
         assert_eq!(
-            decide(&at(false, true, Backing::Bind, [0; 4])),
+            decide(&at(false, true, Backing::Bind, [0; 5])),
             Decision::Unmount
         );
         // A bind mount hides nothing: kept trees stay in the directory.
         assert_eq!(
-            decide(&at(false, true, Backing::Bind, [0, 3, 1, 1])),
+            decide(&at(false, true, Backing::Bind, [0, 3, 1, 1, 0])),
             Decision::Unmount
         );
         assert_eq!(
-            decide(&at(false, true, Backing::Tmpfs, [0; 4])),
+            decide(&at(false, true, Backing::Tmpfs, [0; 5])),
+            Decision::Unmount
+        );
+        // A detaching lease's tmpfs is detached from the root already.
+        assert_eq!(
+            decide(&at(false, true, Backing::Tmpfs, [0, 0, 0, 0, 1])),
             Decision::Unmount
         );
     }
@@ -112,10 +119,10 @@ mod tests {
     #[test]
     fn anything_that_depends_on_the_mount_keeps_it() {
         let leave = |a: AtStop| matches!(decide(&a), Decision::Leave(_));
-        assert!(leave(at(true, true, Backing::Bind, [0; 4])));
-        assert!(leave(at(false, false, Backing::Bind, [0; 4])));
-        assert!(leave(at(false, true, Backing::Bind, [1, 0, 0, 0])));
-        assert!(leave(at(false, true, Backing::Tmpfs, [0, 1, 0, 0])));
-        assert!(leave(at(false, true, Backing::Tmpfs, [0, 0, 0, 1])));
+        assert!(leave(at(true, true, Backing::Bind, [0; 5])));
+        assert!(leave(at(false, false, Backing::Bind, [0; 5])));
+        assert!(leave(at(false, true, Backing::Bind, [1, 0, 0, 0, 0])));
+        assert!(leave(at(false, true, Backing::Tmpfs, [0, 1, 0, 0, 0])));
+        assert!(leave(at(false, true, Backing::Tmpfs, [0, 0, 0, 1, 0])));
     }
 }

@@ -28,7 +28,13 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<ExitCode> {
             "total_bytes": s.total_bytes,
             "free_inodes": s.free_inodes,
             "connections": s.connections,
-            "leases": { "live": s.live, "kept": s.kept, "reaping": s.reaping, "quarantined": s.quarantined },
+            "leases": {
+                "live": s.live,
+                "kept": s.kept,
+                "reaping": s.reaping,
+                "quarantined": s.quarantined,
+                "detaching": s.detaching,
+            },
             "reaped_total": s.reaped_total,
             "reap_errors": s.reap_errors,
             "last_reap_error": s.last_reap_error,
@@ -57,8 +63,8 @@ pub async fn status(socket: &Path, as_json: bool) -> Result<ExitCode> {
         vec![
             "leases".into(),
             format!(
-                "{} live, {} kept, {} reaping, {} quarantined",
-                s.live, s.kept, s.reaping, s.quarantined
+                "{} live, {} kept, {} reaping, {} quarantined, {} detaching",
+                s.live, s.kept, s.reaping, s.quarantined, s.detaching
             ),
         ],
         vec![

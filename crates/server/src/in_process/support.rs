@@ -129,6 +129,7 @@ pub async fn quiet(daemon: &Daemon, tmp: &TempRoot) -> bool {
                         | Phase::Keeping { .. }
                         | Phase::Removing
                         | Phase::Reaping { .. }
+                        | Phase::Detaching { .. }
                 )
             })
             .is_empty()

@@ -148,9 +148,9 @@ impl Daemon {
 
     /// One line for `systemctl status`.
     pub fn status_line(&self) -> String {
-        let [live, kept, reaping, quarantined] = self.table.state_counts();
+        let [live, kept, reaping, quarantined, detaching] = self.table.state_counts();
         format!(
-            "{live} live, {kept} kept, {reaping} reaping, {quarantined} quarantined, {} connections",
+            "{live} live, {kept} kept, {reaping} reaping, {quarantined} quarantined, {detaching} detaching, {} connections",
             self.connection_count()
         )
     }
@@ -199,7 +199,10 @@ impl Daemon {
             Phase::Live { .. } | Phase::Releasing { .. } | Phase::Keeping { .. } => {
                 self.layout.lease_path(r.id)
             }
-            Phase::Reaping { trash } | Phase::Quarantined { trash } => self
+            // A detaching lease's tree is gone: the row names where it was.
+            Phase::Reaping { trash }
+            | Phase::Quarantined { trash }
+            | Phase::Detaching { trash } => self
                 .layout
                 .root_path()
                 .join(crate::host::layout::TRASH)

@@ -70,12 +70,16 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
         let (report, tmpfs) = report;
         let mut permit = Some(permit);
         // A tmpfs lease whose tmpfs a leftover process of the build still
-        // holds is not gone: it stays in the table — listed, counted
-        // against its user's limits and the tmpfs total — until the kernel
-        // says the tmpfs is gone. The permit is given back meanwhile.
+        // holds is not gone: it stays in the table as detaching — listed,
+        // counted against its user's limits and the tmpfs total — until
+        // the kernel says the tmpfs is gone. The permit is given back
+        // meanwhile.
         if let (true, Some(tmpfs), Some(lease)) = (report.complete, tmpfs, id) {
             if !tmpfs.is_gone() {
                 permit = None;
+                if let Err(e) = daemon.table.detaching(lease) {
+                    tracing::warn!(lease_id = %lease, error = %e, "a held tmpfs for a lease not being deleted");
+                }
                 tracing::warn!(
                     lease_id = %lease,
                     trash = trash_name,

@@ -11,9 +11,9 @@
 //!                        │ into_reaping                                 │ claim_kept
 //!                        ▼                                              ▼
 //!                     Reaping ◄──────────────── into_reaping ──────  Removing
-//!                        │ reaped        │ quarantined
-//!                        ▼               ▼
-//!                      (gone)       Quarantined
+//!                        │ reaped   │ quarantined   │ detaching (tree deleted,
+//!                        ▼          ▼               ▼  its tmpfs still held)
+//!                      (gone)   Quarantined      Detaching ── reaped ──► (gone)
 //! ```
 //!
 //! Every transition is a method here, taken under one lock, and checks the
@@ -61,6 +61,10 @@ pub enum Phase {
     Reaping { trash: String },
     /// In trash as `trash`; deletion gave up, retried at the next start.
     Quarantined { trash: String },
+    /// Its tree (once `trash`) is deleted and its tmpfs detached, but a
+    /// process of the build still holds the tmpfs (the detach is lazy):
+    /// its memory is in use until the kernel reports the tmpfs gone.
+    Detaching { trash: String },
 }
 
 impl Phase {
@@ -73,6 +77,7 @@ impl Phase {
                 LeaseState::Reaping
             }
             Phase::Quarantined { .. } => LeaseState::Quarantined,
+            Phase::Detaching { .. } => LeaseState::Detaching,
         }
     }
 
@@ -86,6 +91,7 @@ impl Phase {
             Phase::Removing => "being removed",
             Phase::Reaping { .. } => "being deleted",
             Phase::Quarantined { .. } => "quarantined",
+            Phase::Detaching { .. } => "detaching (its tmpfs still held)",
         }
     }
 
@@ -227,8 +233,9 @@ impl Inner {
 
     /// Leases that count against the lease limits, in total and of
     /// requester `uid`: live ones, and trees on their way out (releasing,
-    /// being reaped, quarantined) until they are really gone — else a user
-    /// whose trees cannot be deleted could fill the disk past every limit.
+    /// being reaped, quarantined, a tmpfs still held) until they are really
+    /// gone — else a user whose trees cannot be deleted, or whose processes
+    /// hold a released tmpfs, could fill the disk or memory past every limit.
     /// Kept trees are bounded by retention instead.
     fn live_counts(&self, uid: u32) -> (usize, usize) {
         let live = self.leases.values().filter(|r| {
@@ -238,6 +245,7 @@ impl Inner {
                     | Phase::Releasing { .. }
                     | Phase::Reaping { .. }
                     | Phase::Quarantined { .. }
+                    | Phase::Detaching { .. }
             )
         });
         live.fold((0, 0), |(all, mine), r| {
@@ -325,15 +333,16 @@ impl LeaseTable {
             .fold(0u64, u64::saturating_add)
     }
 
-    /// Leases by state: (live, kept, reaping, quarantined).
-    pub fn state_counts(&self) -> [u64; 4] {
-        let mut n = [0u64; 4];
+    /// Leases by state: (live, kept, reaping, quarantined, detaching).
+    pub fn state_counts(&self) -> [u64; 5] {
+        let mut n = [0u64; 5];
         for r in self.lock().leases.values() {
             n[match r.state() {
                 LeaseState::Live => 0,
                 LeaseState::Kept => 1,
                 LeaseState::Reaping => 2,
                 LeaseState::Quarantined => 3,
+                LeaseState::Detaching => 4,
             }] += 1;
         }
         n
@@ -469,16 +478,33 @@ impl LeaseTable {
         }
     }
 
-    /// The reap of `id` finished: the lease is gone. Returns how many
-    /// leases are left.
+    /// The reap of `id` finished (and its tmpfs, if it was detaching, is
+    /// gone): the lease is gone. Returns how many leases are left.
     pub fn reaped(&self, id: LeaseId) -> Result<usize, TransitionError> {
         let mut inner = self.lock();
         let r = inner.record(id)?;
-        if !matches!(r.phase, Phase::Reaping { .. }) {
+        if !matches!(r.phase, Phase::Reaping { .. } | Phase::Detaching { .. }) {
             return Err(wrong(id, &r.phase, "being deleted"));
         }
         inner.leases.remove(&id);
         Ok(inner.leases.len())
+    }
+
+    /// The reap of `id` deleted its tree, but its detached tmpfs is still
+    /// held by a process of the build: the lease stays (listed, counted)
+    /// as detaching until [`LeaseTable::reaped`].
+    pub fn detaching(&self, id: LeaseId) -> Result<(), TransitionError> {
+        let mut inner = self.lock();
+        let r = inner.record(id)?;
+        match &r.phase {
+            Phase::Reaping { trash } => {
+                r.phase = Phase::Detaching {
+                    trash: trash.clone(),
+                };
+                Ok(())
+            }
+            other => Err(wrong(id, other, "being deleted")),
+        }
     }
 
     /// An operator retries a quarantined tree: it is being reaped again.

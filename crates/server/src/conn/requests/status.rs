@@ -21,7 +21,7 @@ pub fn status_report(daemon: &crate::lease::table::Daemon) -> StatusReport {
     let root = &daemon.layout.root;
     let flags = flags_of(&root.fd).ok();
     let vfs = rustix::fs::fstatvfs(&root.fd).ok();
-    let [live, kept, reaping, quarantined] = daemon.table.state_counts();
+    let [live, kept, reaping, quarantined, detaching] = daemon.table.state_counts();
     let c = &daemon.counters;
     StatusReport {
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -52,5 +52,6 @@ pub fn status_report(daemon: &crate::lease::table::Daemon) -> StatusReport {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone(),
+        detaching,
     }
 }

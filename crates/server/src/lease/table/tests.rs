@@ -123,3 +123,31 @@ fn detached_leases_are_reclaimed_with_proof_only() {
     assert_eq!(table.held_by(3), vec![id]);
     assert_eq!(table.attach_resumed(&[id], 9), 0);
 }
+
+#[test]
+fn a_held_tmpfs_keeps_its_lease_detaching_and_counted_until_it_is_gone() {
+    let table = LeaseTable::default();
+    let id = live(&table, 1000, 7);
+    // Only a tree being deleted can turn detaching.
+    assert!(matches!(
+        table.detaching(id),
+        Err(TransitionError::WrongPhase { .. })
+    ));
+    table
+        .claim_live(id, End::Release)
+        .unwrap()
+        .into_reaping("t".into());
+    table.detaching(id).unwrap();
+    assert_eq!(table.get(id).unwrap().state(), LeaseState::Detaching);
+    assert_eq!(table.state_counts(), [0, 0, 0, 0, 1]);
+    // Still its user's place under the limits.
+    assert_eq!(table.live_counts(1000), (1, 1));
+    assert!(
+        table.quarantined(id).is_err(),
+        "its tree is deleted already"
+    );
+    assert!(table.detaching(id).is_err(), "detaching once");
+    // The kernel said the tmpfs is gone.
+    assert_eq!(table.reaped(id), Ok(0));
+    assert_eq!(table.live_counts(1000), (0, 0));
+}
