@@ -37,7 +37,16 @@ fn every_metric_family_moves_when_its_event_happens() {
             ..Default::default()
         },
     );
-    let before = metrics(&d);
+    // The start-up probe's connection ends asynchronously: the baseline is
+    // taken once only this call's own connection is open.
+    let mut before = metrics(&d);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            before = metrics(&d);
+            before.get("builddird_connections") == 1.0
+        }),
+        "a connection other than this call's stays open: {before:?}"
+    );
     std::thread::sleep(Duration::from_millis(1100)); // uptime has whole seconds
 
     // A live lease whose build writes 4 MiB in 100 files.
