@@ -37,6 +37,30 @@ fn send(s: &mut std::os::unix::net::UnixStream, r: &Request) {
     s.write_all(&frame(&codec::encode(r).unwrap())).unwrap();
 }
 
+/// A raw connection past the handshake: these tests speak the protocol by
+/// hand so that they can stop, stall or misbehave between any two messages.
+fn welcomed(socket: &std::path::Path) -> std::os::unix::net::UnixStream {
+    let mut s = raw(socket);
+    assert!(matches!(
+        hello(&mut s),
+        builddir_proto::HelloReply::Welcome { .. }
+    ));
+    s
+}
+
+/// Asks for a lease named `name` on `s` and reads the answer.
+fn allocate_on(s: &mut std::os::unix::net::UnixStream, name: &str) -> Option<Response> {
+    send(
+        s,
+        &Request::Allocate {
+            name: name.into(),
+            owner: None,
+            limit: None,
+        },
+    );
+    read_msg::<Response>(s)
+}
+
 fn live_rows(d: &Daemon) -> usize {
     d.list_all().iter().filter(|r| r["state"] == "live").count()
 }
@@ -50,20 +74,8 @@ fn a_huge_gc_age_is_answered_and_the_connections_lease_still_ends_with_it() {
         return;
     }
     let d = Daemon::start("panic-release");
-    let mut s = raw(&d.socket);
-    assert!(matches!(
-        hello(&mut s),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
-    send(
-        &mut s,
-        &Request::Allocate {
-            name: "held".into(),
-            owner: None,
-            limit: None,
-        },
-    );
-    let Some(Response::Allocated(a)) = read_msg::<Response>(&mut s) else {
+    let mut s = welcomed(&d.socket);
+    let Some(Response::Allocated(a)) = allocate_on(&mut s, "held") else {
         panic!("allocation failed:\n{}", d.log_text());
     };
     send(
@@ -479,20 +491,8 @@ fn a_failed_release_leaves_the_lease_bound_to_its_connection() {
         return;
     }
     let d = Daemon::start("failed-release");
-    let mut s = raw(&d.socket);
-    assert!(matches!(
-        hello(&mut s),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
-    send(
-        &mut s,
-        &Request::Allocate {
-            name: "stuck".into(),
-            owner: None,
-            limit: None,
-        },
-    );
-    let Some(Response::Allocated(a)) = read_msg::<Response>(&mut s) else {
+    let mut s = welcomed(&d.socket);
+    let Some(Response::Allocated(a)) = allocate_on(&mut s, "stuck") else {
         panic!("allocation failed:\n{}", d.log_text());
     };
     // An immutable trash: the rename into it fails (EPERM).
@@ -571,18 +571,6 @@ fn retention_by_age_survives_restarts() {
     );
 }
 
-fn allocate_on(s: &mut std::os::unix::net::UnixStream, name: &str) -> Option<Response> {
-    send(
-        s,
-        &Request::Allocate {
-            name: name.into(),
-            owner: None,
-            limit: None,
-        },
-    );
-    read_msg::<Response>(s)
-}
-
 /// A `list --size` whose size walk fails (here: panics) is answered with a
 /// typed error, not an empty list that reads as "you have no leases", and
 /// the daemon goes on serving, this connection and others.
@@ -598,11 +586,7 @@ fn a_failed_size_walk_is_an_error_reply_and_the_daemon_serves_on() {
             ..Default::default()
         },
     );
-    let mut s = raw(&d.socket);
-    assert!(matches!(
-        hello(&mut s),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
+    let mut s = welcomed(&d.socket);
     let Some(Response::Allocated(_held)) = allocate_on(&mut s, "sized") else {
         panic!("allocation failed:\n{}", d.log_text());
     };
@@ -692,11 +676,7 @@ fn a_stalled_fd_store_send_does_not_stall_other_allocations() {
     let log = || std::fs::read_to_string(s.dir.join("daemon.log")).unwrap_or_default();
 
     // The first store (this lease's connection) stalls.
-    let mut stalled = raw(&sock);
-    assert!(matches!(
-        hello(&mut stalled),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
+    let mut stalled = welcomed(&sock);
     let Some(Response::Allocated(first)) = allocate_on(&mut stalled, "stalled") else {
         panic!("allocation failed:\n{}", log());
     };
@@ -718,11 +698,7 @@ fn a_stalled_fd_store_send_does_not_stall_other_allocations() {
         None
     });
 
-    let mut other = raw(&sock);
-    assert!(matches!(
-        hello(&mut other),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
+    let mut other = welcomed(&sock);
     for i in 0..OTHERS {
         let answer = allocate_on(&mut other, &format!("other-{i}"));
         assert!(
