@@ -11,6 +11,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use builddir_proto::{codec, Request, Response};
+use builddir_tests::activation::{start_activated, start_activated_env};
 use builddir_tests::wire::{frame, hello, raw, read_msg};
 use builddir_tests::{eventually, require_root, Daemon, DaemonOpts, Ident, Probe, USER_A};
 
@@ -365,69 +366,6 @@ fn a_kept_tree_is_reachable_by_its_requester_only() {
     assert!(!try_write(SAME_GROUP), "a group member wrote into {kept}");
     assert!(try_write(USER_A), "the requester cannot reach {kept}");
     let _ = std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o700));
-}
-
-/// A daemon process killed when dropped (also when a test fails).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// builddird socket-activated with `listener` plus `stored` fds, as systemd
-/// starts it after a restart, with `config`.
-fn start_activated(
-    s: &builddir_tests::Scratch,
-    config: &str,
-    listener: &std::os::unix::net::UnixListener,
-    stored: &[(String, std::os::fd::OwnedFd)],
-    notify: &builddir_tests::activation::NotifySocket,
-) -> Killed {
-    start_activated_env(s, config, listener, stored, notify, &[])
-}
-
-/// [`start_activated`] with extra environment (a failpoint).
-fn start_activated_env(
-    s: &builddir_tests::Scratch,
-    config: &str,
-    listener: &std::os::unix::net::UnixListener,
-    stored: &[(String, std::os::fd::OwnedFd)],
-    notify: &builddir_tests::activation::NotifySocket,
-    env: &[(&str, &str)],
-) -> Killed {
-    use std::os::fd::AsRawFd;
-    let cfg = s.dir.join("cfg.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let args: Vec<std::ffi::OsString> = vec![
-        "--config".into(),
-        cfg.into(),
-        "--root".into(),
-        s.dir.join("root").into(),
-    ];
-    let mut fds = vec![(listener.as_raw_fd(), "builddird.socket".to_owned())];
-    fds.extend(stored.iter().map(|(n, fd)| (fd.as_raw_fd(), n.clone())));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(s.dir.join("daemon.log"))
-        .unwrap();
-    let child =
-        builddir_tests::activation::activated_with(&builddir_tests::bin("builddird"), &args, &fds)
-            .env("NOTIFY_SOCKET", s.dir.join("notify"))
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-    let child = Killed(child);
-    assert!(
-        notify.wait_for("READY=1", Duration::from_secs(10)).0,
-        "no READY=1"
-    );
-    child
 }
 
 /// A connection handed back by systemd that the new daemon cannot serve
