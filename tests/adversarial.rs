@@ -991,13 +991,7 @@ fn retention_vs_one_users_many_keeps_never_evicts_another_users_tree() {
     if !require_root("retention_per_owner") {
         return;
     }
-    let d = Daemon::start_with(
-        "retention-owner",
-        DaemonOpts {
-            config: Some("kept_max_count = 2\n".into()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_with_config("retention-owner", "kept_max_count = 2\n");
     let canary = Canary::new(&d);
     let keep = |who: Ident| {
         let mut attack = Attack::start(&d, &canary, who, "hold", 0, 0.0);
@@ -1032,13 +1026,7 @@ fn a_quarantined_tree_counts_against_its_user_until_an_operator_retries_it() {
     if !require_root("quarantine_counts") {
         return;
     }
-    let d = Daemon::start_with(
-        "quarantine-counts",
-        DaemonOpts {
-            config: Some("max_leases_per_uid = 1\n".into()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_with_config("quarantine-counts", "max_leases_per_uid = 1\n");
     let canary = Canary::new(&d);
     let mut attack = Attack::start(&d, &canary, USER_A, "hold", 0, 0.0);
     let spool = attack.path.join("spool");

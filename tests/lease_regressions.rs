@@ -24,16 +24,6 @@ const SAME_GROUP: Ident = Ident {
 const GRANTS: &str =
     "[[owner_grants]]\nusers = [\"61001\"]\nuids = [\"61100-61110\"]\ngids = [\"61100\"]\n";
 
-fn with_config(tag: &str, config: &str) -> Daemon {
-    Daemon::start_with(
-        tag,
-        DaemonOpts {
-            config: Some(config.into()),
-            ..Default::default()
-        },
-    )
-}
-
 fn send(s: &mut std::os::unix::net::UnixStream, r: &Request) {
     s.write_all(&frame(&codec::encode(r).unwrap())).unwrap();
 }
@@ -110,7 +100,7 @@ fn a_kept_tree_belongs_to_the_requester_alone() {
     if !require_root("a_kept_tree_belongs_to_the_requester_alone") {
         return;
     }
-    let d = with_config("kept-owner", GRANTS);
+    let d = Daemon::start_with_config("kept-owner", GRANTS);
     let build_user = Ident {
         uid: 61_105,
         gid: 61_100,
@@ -287,7 +277,7 @@ fn concurrent_allocations_never_exceed_the_lease_limits() {
         return;
     }
     for (key, limit) in [("max_leases", 3usize), ("max_leases_per_uid", 2)] {
-        let d = with_config("lease-limit-race", &format!("{key} = {limit}\n"));
+        let d = Daemon::start_with_config("lease-limit-race", &format!("{key} = {limit}\n"));
         for _round in 0..8 {
             let clients = 32;
             let start = Arc::new(Barrier::new(clients));
@@ -484,7 +474,7 @@ fn retention_by_age_survives_restarts() {
     if !require_root("retention_by_age_survives_restarts") {
         return;
     }
-    let mut d = with_config("kept-age", "kept_max_age_secs = 3\n");
+    let mut d = Daemon::start_with_config("kept-age", "kept_max_age_secs = 3\n");
     let out = d
         .ctl_cmd(&["run", "--keep-failed", "--", "false"])
         .output()

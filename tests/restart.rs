@@ -84,13 +84,7 @@ fn without_the_fd_store_the_client_reclaims_its_lease_and_a_dead_clients_lease_e
     if !require_root("reclaim_restart") {
         return;
     }
-    let mut d = Daemon::start_with(
-        "reclaim",
-        DaemonOpts {
-            config: Some("reclaim_grace_secs = 3\n".into()),
-            ..Default::default()
-        },
-    );
+    let mut d = Daemon::start_with_config("reclaim", "reclaim_grace_secs = 3\n");
     let survivor = Probe::start(&d.socket, USER_A, "survivor");
     let mut dying = Probe::start(&d.socket, USER_A, "dying");
     let (kept_path, dead_path) = (survivor.path(), dying.path());
