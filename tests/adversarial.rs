@@ -186,6 +186,27 @@ fn status_json(d: &Daemon) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A daemon on a tmpfs-backed mount: the attacks that build millions of
+/// names need a backing whose inode count is not the host disk's.
+fn tmpfs_daemon(tag: &str) -> Daemon {
+    Daemon::start_with(
+        tag,
+        DaemonOpts {
+            backing: "tmpfs",
+            ..Default::default()
+        },
+    )
+}
+
+/// Runs one attacker as `USER_A` from start to exit, with nothing between
+/// the allocation and the attack (tests that act in between, or attack as
+/// another user, drive [`Attack`] by hand).
+fn run_attack(d: &Daemon, canary: &Canary, scenario: &str, n: u64, secs: f64, case: &str) {
+    let mut attack = Attack::start(d, canary, USER_A, scenario, n, secs);
+    attack.go();
+    attack.finish(case);
+}
+
 /// Runs one tree attack from setup to a clean trash.
 fn tree_attack(
     tag: &str,
@@ -204,9 +225,7 @@ fn tree_attack(
     // On the daemon's own mount (outside every tree), so that hard links
     // from a lease can reach it.
     let canary = Canary::at(d.root.join("canary"));
-    let mut attack = Attack::start(&d, &canary, USER_A, scenario, n, secs);
-    attack.go();
-    attack.finish(scenario);
+    run_attack(&d, &canary, scenario, n, secs, scenario);
     // The reap may still run (under load it outlasts the attacker).
     canary.assert_unchanged(scenario);
     assert_eventually_clean(&mut d, scenario);
@@ -288,13 +307,7 @@ fn reaper_vs_one_directory_with_a_million_entries_while_others_allocate() {
     if !require_root("reaper_vs_wide_dir") {
         return;
     }
-    let mut d = Daemon::start_with(
-        "wide",
-        DaemonOpts {
-            backing: "tmpfs",
-            ..Default::default()
-        },
-    );
+    let mut d = tmpfs_daemon("wide");
     let canary = Canary::new(&d);
     let mut attack = Attack::start(&d, &canary, USER_A, "wide", 1_000_000, 0.0);
     let rss_before = rss_kib(d.pid());
@@ -652,19 +665,11 @@ fn kill9_of_the_daemon_mid_reap_then_restart_finishes_the_reap() {
     if !require_root("kill9_mid_reap") {
         return;
     }
-    let mut d = Daemon::start_with(
-        "midreap",
-        DaemonOpts {
-            backing: "tmpfs",
-            ..Default::default()
-        },
-    );
+    let mut d = tmpfs_daemon("midreap");
     let canary = Canary::new(&d);
     std::fs::create_dir(d.root.join("operator-notes")).unwrap();
     std::fs::write(d.root.join("operator-notes/keep-me"), "x").unwrap();
-    let mut attack = Attack::start(&d, &canary, USER_A, "wide", 400_000, 0.0);
-    attack.go();
-    attack.finish("mid-reap");
+    run_attack(&d, &canary, "wide", 400_000, 0.0, "mid-reap");
     // Kill it while the trash entry is being deleted.
     assert!(eventually(Duration::from_secs(5), || !d
         .entries("trash")
@@ -879,9 +884,7 @@ fn reaper_vs_ancestors_moved_in_a_tight_loop_finishes_without_quarantine() {
     }
     let d = Daemon::start("moved-anc");
     let canary = Canary::new(&d);
-    let mut attack = Attack::start(&d, &canary, USER_A, "move-ancestors", 8, 3.0);
-    attack.go();
-    attack.finish("move-ancestors");
+    run_attack(&d, &canary, "move-ancestors", 8, 3.0, "move-ancestors");
     // No restart: the daemon itself must finish the reap.
     assert!(
         eventually(Duration::from_secs(60), || d.entries("trash").is_empty()),
@@ -988,13 +991,7 @@ fn retention_vs_one_users_many_keeps_never_evicts_another_users_tree() {
     if !require_root("retention_per_owner") {
         return;
     }
-    let d = Daemon::start_with(
-        "retention-owner",
-        DaemonOpts {
-            config: Some("kept_max_count = 2\n".into()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_with_config("retention-owner", "kept_max_count = 2\n");
     let canary = Canary::new(&d);
     let keep = |who: Ident| {
         let mut attack = Attack::start(&d, &canary, who, "hold", 0, 0.0);
@@ -1029,13 +1026,7 @@ fn a_quarantined_tree_counts_against_its_user_until_an_operator_retries_it() {
     if !require_root("quarantine_counts") {
         return;
     }
-    let d = Daemon::start_with(
-        "quarantine-counts",
-        DaemonOpts {
-            config: Some("max_leases_per_uid = 1\n".into()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_with_config("quarantine-counts", "max_leases_per_uid = 1\n");
     let canary = Canary::new(&d);
     let mut attack = Attack::start(&d, &canary, USER_A, "hold", 0, 0.0);
     let spool = attack.path.join("spool");
@@ -1239,17 +1230,9 @@ fn sigterm_during_the_reap_of_a_huge_tree_stops_the_daemon_promptly_and_the_rest
     if !require_root("sigterm_mid_reap") {
         return;
     }
-    let mut d = Daemon::start_with(
-        "stop-mid-reap",
-        DaemonOpts {
-            backing: "tmpfs",
-            ..Default::default()
-        },
-    );
+    let mut d = tmpfs_daemon("stop-mid-reap");
     let canary = Canary::new(&d);
-    let mut attack = Attack::start(&d, &canary, USER_A, "wide", 2_000_000, 0.0);
-    attack.go();
-    attack.finish("stop-mid-reap");
+    run_attack(&d, &canary, "wide", 2_000_000, 0.0, "stop-mid-reap");
     // The reap of two million names runs on a blocking thread...
     assert!(
         eventually(Duration::from_secs(10), || d

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use builddir_client::blocking::Client;
 use builddir_client::{Error, LeaseState};
-use builddir_tests::{eventually, require_root, Daemon, DaemonOpts};
+use builddir_tests::{eventually, require_root, Daemon};
 
 #[test]
 fn one_connection_holds_many_leases_and_closing_it_releases_them_all() {
@@ -62,12 +62,9 @@ fn after_a_restart_the_caller_reclaims_its_leases_on_a_new_connection() {
     if !require_root("blocking_reclaim") {
         return;
     }
-    let mut d = Daemon::start_with(
+    let mut d = Daemon::start_with_config(
         "blocking-reclaim",
-        DaemonOpts {
-            config: Some("reclaim_grace_secs = 30\nfd_store = false\n".into()),
-            ..Default::default()
-        },
+        "reclaim_grace_secs = 30\nfd_store = false\n",
     );
     let mut conn = Client::connect(&d.socket).unwrap();
     let a = conn.allocate_dir("a", None, None).unwrap();

@@ -202,25 +202,13 @@ fn c_errors_daemon_down_policy_refusal_load_and_bad_arguments_are_documented_sta
     }
     drop(d);
     // A daemon whose policy admits only uid 61002: uid 61001 is refused.
-    let d = Daemon::start_with(
-        "capi-refused",
-        DaemonOpts {
-            config: Some("allowed_users = [\"61002\"]\n".into()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_with_config("capi-refused", "allowed_users = [\"61002\"]\n");
     let p = build(&d);
     scenario(&p.plain, Some(USER_A), &["refused", socket(&d)]);
     scenario(&p.sanitized, Some(USER_A), &["refused", socket(&d)]);
     drop(d);
     // One connection per uid: the second is refused for load.
-    let d = Daemon::start_with(
-        "capi-busy",
-        DaemonOpts {
-            config: Some("max_connections_per_uid = 1\n".into()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_with_config("capi-busy", "max_connections_per_uid = 1\n");
     let p = build(&d);
     scenario(&p.plain, Some(USER_A), &["busy", socket(&d)]);
     scenario(&p.sanitized, Some(USER_A), &["busy", socket(&d)]);
@@ -247,12 +235,9 @@ fn c_reconnect_after_a_daemon_restart_takes_the_leases_over() {
     if !require_root("c_reconnect") {
         return;
     }
-    let mut d = Daemon::start_with(
+    let mut d = Daemon::start_with_config(
         "capi-reconnect",
-        DaemonOpts {
-            config: Some("fd_store = false\nreclaim_grace_secs = 30\n".into()),
-            ..Default::default()
-        },
+        "fd_store = false\nreclaim_grace_secs = 30\n",
     );
     let p = build(&d);
     for (program, who) in [(&p.plain, None), (&p.sanitized, Some(USER_A))] {

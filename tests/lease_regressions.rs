@@ -11,6 +11,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use builddir_proto::{codec, Request, Response};
+use builddir_tests::activation::{start_activated, start_activated_env};
 use builddir_tests::wire::{frame, hello, raw, read_msg};
 use builddir_tests::{eventually, require_root, Daemon, DaemonOpts, Ident, Probe, USER_A};
 
@@ -23,18 +24,32 @@ const SAME_GROUP: Ident = Ident {
 const GRANTS: &str =
     "[[owner_grants]]\nusers = [\"61001\"]\nuids = [\"61100-61110\"]\ngids = [\"61100\"]\n";
 
-fn with_config(tag: &str, config: &str) -> Daemon {
-    Daemon::start_with(
-        tag,
-        DaemonOpts {
-            config: Some(config.into()),
-            ..Default::default()
-        },
-    )
-}
-
 fn send(s: &mut std::os::unix::net::UnixStream, r: &Request) {
     s.write_all(&frame(&codec::encode(r).unwrap())).unwrap();
+}
+
+/// A raw connection past the handshake: these tests speak the protocol by
+/// hand so that they can stop, stall or misbehave between any two messages.
+fn welcomed(socket: &std::path::Path) -> std::os::unix::net::UnixStream {
+    let mut s = raw(socket);
+    assert!(matches!(
+        hello(&mut s),
+        builddir_proto::HelloReply::Welcome { .. }
+    ));
+    s
+}
+
+/// Asks for a lease named `name` on `s` and reads the answer.
+fn allocate_on(s: &mut std::os::unix::net::UnixStream, name: &str) -> Option<Response> {
+    send(
+        s,
+        &Request::Allocate {
+            name: name.into(),
+            owner: None,
+            limit: None,
+        },
+    );
+    read_msg::<Response>(s)
 }
 
 fn live_rows(d: &Daemon) -> usize {
@@ -50,20 +65,8 @@ fn a_huge_gc_age_is_answered_and_the_connections_lease_still_ends_with_it() {
         return;
     }
     let d = Daemon::start("panic-release");
-    let mut s = raw(&d.socket);
-    assert!(matches!(
-        hello(&mut s),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
-    send(
-        &mut s,
-        &Request::Allocate {
-            name: "held".into(),
-            owner: None,
-            limit: None,
-        },
-    );
-    let Some(Response::Allocated(a)) = read_msg::<Response>(&mut s) else {
+    let mut s = welcomed(&d.socket);
+    let Some(Response::Allocated(a)) = allocate_on(&mut s, "held") else {
         panic!("allocation failed:\n{}", d.log_text());
     };
     send(
@@ -97,7 +100,7 @@ fn a_kept_tree_belongs_to_the_requester_alone() {
     if !require_root("a_kept_tree_belongs_to_the_requester_alone") {
         return;
     }
-    let d = with_config("kept-owner", GRANTS);
+    let d = Daemon::start_with_config("kept-owner", GRANTS);
     let build_user = Ident {
         uid: 61_105,
         gid: 61_100,
@@ -274,7 +277,7 @@ fn concurrent_allocations_never_exceed_the_lease_limits() {
         return;
     }
     for (key, limit) in [("max_leases", 3usize), ("max_leases_per_uid", 2)] {
-        let d = with_config("lease-limit-race", &format!("{key} = {limit}\n"));
+        let d = Daemon::start_with_config("lease-limit-race", &format!("{key} = {limit}\n"));
         for _round in 0..8 {
             let clients = 32;
             let start = Arc::new(Barrier::new(clients));
@@ -355,69 +358,6 @@ fn a_kept_tree_is_reachable_by_its_requester_only() {
     let _ = std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o700));
 }
 
-/// A daemon process killed when dropped (also when a test fails).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// builddird socket-activated with `listener` plus `stored` fds, as systemd
-/// starts it after a restart, with `config`.
-fn start_activated(
-    s: &builddir_tests::Scratch,
-    config: &str,
-    listener: &std::os::unix::net::UnixListener,
-    stored: &[(String, std::os::fd::OwnedFd)],
-    notify: &builddir_tests::activation::NotifySocket,
-) -> Killed {
-    start_activated_env(s, config, listener, stored, notify, &[])
-}
-
-/// [`start_activated`] with extra environment (a failpoint).
-fn start_activated_env(
-    s: &builddir_tests::Scratch,
-    config: &str,
-    listener: &std::os::unix::net::UnixListener,
-    stored: &[(String, std::os::fd::OwnedFd)],
-    notify: &builddir_tests::activation::NotifySocket,
-    env: &[(&str, &str)],
-) -> Killed {
-    use std::os::fd::AsRawFd;
-    let cfg = s.dir.join("cfg.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let args: Vec<std::ffi::OsString> = vec![
-        "--config".into(),
-        cfg.into(),
-        "--root".into(),
-        s.dir.join("root").into(),
-    ];
-    let mut fds = vec![(listener.as_raw_fd(), "builddird.socket".to_owned())];
-    fds.extend(stored.iter().map(|(n, fd)| (fd.as_raw_fd(), n.clone())));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(s.dir.join("daemon.log"))
-        .unwrap();
-    let child =
-        builddir_tests::activation::activated_with(&builddir_tests::bin("builddird"), &args, &fds)
-            .env("NOTIFY_SOCKET", s.dir.join("notify"))
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-    let child = Killed(child);
-    assert!(
-        notify.wait_for("READY=1", Duration::from_secs(10)).0,
-        "no READY=1"
-    );
-    child
-}
-
 /// A connection handed back by systemd that the new daemon cannot serve
 /// (here: over the per-uid connection limit) does not pin its lease: the
 /// lease waits to be reclaimed and ends with the grace period.
@@ -479,20 +419,8 @@ fn a_failed_release_leaves_the_lease_bound_to_its_connection() {
         return;
     }
     let d = Daemon::start("failed-release");
-    let mut s = raw(&d.socket);
-    assert!(matches!(
-        hello(&mut s),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
-    send(
-        &mut s,
-        &Request::Allocate {
-            name: "stuck".into(),
-            owner: None,
-            limit: None,
-        },
-    );
-    let Some(Response::Allocated(a)) = read_msg::<Response>(&mut s) else {
+    let mut s = welcomed(&d.socket);
+    let Some(Response::Allocated(a)) = allocate_on(&mut s, "stuck") else {
         panic!("allocation failed:\n{}", d.log_text());
     };
     // An immutable trash: the rename into it fails (EPERM).
@@ -546,7 +474,7 @@ fn retention_by_age_survives_restarts() {
     if !require_root("retention_by_age_survives_restarts") {
         return;
     }
-    let mut d = with_config("kept-age", "kept_max_age_secs = 3\n");
+    let mut d = Daemon::start_with_config("kept-age", "kept_max_age_secs = 3\n");
     let out = d
         .ctl_cmd(&["run", "--keep-failed", "--", "false"])
         .output()
@@ -571,18 +499,6 @@ fn retention_by_age_survives_restarts() {
     );
 }
 
-fn allocate_on(s: &mut std::os::unix::net::UnixStream, name: &str) -> Option<Response> {
-    send(
-        s,
-        &Request::Allocate {
-            name: name.into(),
-            owner: None,
-            limit: None,
-        },
-    );
-    read_msg::<Response>(s)
-}
-
 /// A `list --size` whose size walk fails (here: panics) is answered with a
 /// typed error, not an empty list that reads as "you have no leases", and
 /// the daemon goes on serving, this connection and others.
@@ -598,11 +514,7 @@ fn a_failed_size_walk_is_an_error_reply_and_the_daemon_serves_on() {
             ..Default::default()
         },
     );
-    let mut s = raw(&d.socket);
-    assert!(matches!(
-        hello(&mut s),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
+    let mut s = welcomed(&d.socket);
     let Some(Response::Allocated(_held)) = allocate_on(&mut s, "sized") else {
         panic!("allocation failed:\n{}", d.log_text());
     };
@@ -692,11 +604,7 @@ fn a_stalled_fd_store_send_does_not_stall_other_allocations() {
     let log = || std::fs::read_to_string(s.dir.join("daemon.log")).unwrap_or_default();
 
     // The first store (this lease's connection) stalls.
-    let mut stalled = raw(&sock);
-    assert!(matches!(
-        hello(&mut stalled),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
+    let mut stalled = welcomed(&sock);
     let Some(Response::Allocated(first)) = allocate_on(&mut stalled, "stalled") else {
         panic!("allocation failed:\n{}", log());
     };
@@ -718,11 +626,7 @@ fn a_stalled_fd_store_send_does_not_stall_other_allocations() {
         None
     });
 
-    let mut other = raw(&sock);
-    assert!(matches!(
-        hello(&mut other),
-        builddir_proto::HelloReply::Welcome { .. }
-    ));
+    let mut other = welcomed(&sock);
     for i in 0..OTHERS {
         let answer = allocate_on(&mut other, &format!("other-{i}"));
         assert!(

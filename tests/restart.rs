@@ -1,60 +1,17 @@
 //! Restart and upgrade without destroying running builds.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use builddir_tests::activation::{activated_with, listen, NotifySocket};
+use builddir_tests::activation::{listen, start_activated, NotifySocket};
 use builddir_tests::{
     bin, eventually, require_root, wait_timeout, Daemon, DaemonOpts, Probe, Scratch, USER_A,
 };
 
-/// A daemon process killed when dropped (also when a test fails).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts builddird socket-activated with `listener` plus `stored` fds, as
-/// systemd does after a restart, reporting to `notify`.
-fn start_activated(
-    s: &Scratch,
-    listener: &std::os::unix::net::UnixListener,
-    stored: &[(String, OwnedFd)],
-    notify: &NotifySocket,
-) -> Killed {
-    let cfg = s.dir.join("cfg.toml");
-    std::fs::write(&cfg, "reclaim_grace_secs = 30\n").unwrap();
-    let args: Vec<std::ffi::OsString> = vec![
-        "--config".into(),
-        cfg.into(),
-        "--root".into(),
-        s.dir.join("root").into(),
-    ];
-    let mut fds = vec![(listener.as_raw_fd(), "builddird.socket".to_owned())];
-    fds.extend(stored.iter().map(|(n, fd)| (fd.as_raw_fd(), n.clone())));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(s.dir.join("daemon.log"))
-        .unwrap();
-    let child = activated_with(&bin("builddird"), &args, &fds)
-        .env("NOTIFY_SOCKET", s.dir.join("notify"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let child = Killed(child);
-    assert!(
-        notify.wait_for("READY=1", Duration::from_secs(10)).0,
-        "no READY=1"
-    );
-    child
-}
+/// The daemon's config across a restart: a grace period far longer than
+/// the restart, so that no lease expires while the test looks at it.
+const CONFIG: &str = "reclaim_grace_secs = 30\n";
 
 #[test]
 fn with_the_fd_store_a_lease_survives_a_restart_unnoticed_and_still_releases() {
@@ -66,7 +23,7 @@ fn with_the_fd_store_a_lease_survives_a_restart_unnoticed_and_still_releases() {
     let sock = s.dir.join("bd.sock");
     let listener = listen(&sock);
     let mut store: Vec<(String, OwnedFd)> = Vec::new();
-    let daemon = start_activated(&s, &listener, &store, &notify);
+    let daemon = start_activated(&s, CONFIG, &listener, &store, &notify);
 
     let probe = Probe::start(&sock, USER_A, "long-build");
     let path = probe.path();
@@ -83,7 +40,7 @@ fn with_the_fd_store_a_lease_survives_a_restart_unnoticed_and_still_releases() {
     // Restart: SIGKILL (the worst case), then start again with the store.
     drop(daemon);
     let started = Instant::now();
-    let daemon = start_activated(&s, &listener, &store, &notify);
+    let daemon = start_activated(&s, CONFIG, &listener, &store, &notify);
     eprintln!("fd store restart: READY after {:?}", started.elapsed());
     drop(store.pop()); // our copy of the stray
     assert!(path.exists(), "the lease's dir was touched by the restart");
@@ -127,13 +84,7 @@ fn without_the_fd_store_the_client_reclaims_its_lease_and_a_dead_clients_lease_e
     if !require_root("reclaim_restart") {
         return;
     }
-    let mut d = Daemon::start_with(
-        "reclaim",
-        DaemonOpts {
-            config: Some("reclaim_grace_secs = 3\n".into()),
-            ..Default::default()
-        },
-    );
+    let mut d = Daemon::start_with_config("reclaim", "reclaim_grace_secs = 3\n");
     let survivor = Probe::start(&d.socket, USER_A, "survivor");
     let mut dying = Probe::start(&d.socket, USER_A, "dying");
     let (kept_path, dead_path) = (survivor.path(), dying.path());

@@ -210,13 +210,7 @@ fn kill9_then_restart_reaps_orphans_and_unreclaimed_leases_and_nothing_else() {
     if !require_root("kill9_then_restart_reaps_orphans_and_unreclaimed_leases_and_nothing_else") {
         return;
     }
-    let mut d = Daemon::start_with(
-        "orphan",
-        DaemonOpts {
-            config: Some("reclaim_grace_secs = 2\n".into()),
-            ..Default::default()
-        },
-    );
+    let mut d = Daemon::start_with_config("orphan", "reclaim_grace_secs = 2\n");
     let mut probe = Probe::start(&d.socket, USER_A, "victim");
     let path = probe.path();
     // Something of the operator's under root, and a kept tree: both must stay.

@@ -31,6 +31,28 @@ use crate::report::{Report, Row, Stat, Stats};
 /// The p50 target against the floor at c = 1.
 const TARGET: f64 = 1.2;
 
+/// Closes a daemon block of `ops` operations started at `start`: its wall time stops now, and
+/// the reaper's deferred work is waited for afterwards, outside every
+/// timing, so that the next block starts on an empty trash.
+fn daemon_block(
+    daemon: &Daemon,
+    alloc: Vec<f64>,
+    cycle: Vec<f64>,
+    ops: usize,
+    start: Instant,
+) -> Result<Block> {
+    let wall = start.elapsed();
+    daemon
+        .wait_trash_empty(Duration::from_secs(120))
+        .context("waiting for the reaper")?;
+    Ok(Block {
+        alloc,
+        cycle,
+        ops,
+        wall,
+    })
+}
+
 fn rust_block(conn: &mut Client, daemon: &Daemon, n: usize) -> Result<Block> {
     let (mut alloc, mut cycle) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let t = Instant::now();
@@ -41,16 +63,7 @@ fn rust_block(conn: &mut Client, daemon: &Daemon, n: usize) -> Result<Block> {
         conn.release_dir(dir)?;
         cycle.push(us(t0.elapsed()));
     }
-    let wall = t.elapsed();
-    daemon
-        .wait_trash_empty(Duration::from_secs(120))
-        .context("waiting for the reaper")?;
-    Ok(Block {
-        alloc,
-        cycle,
-        ops: n,
-        wall,
-    })
+    daemon_block(daemon, alloc, cycle, n, t)
 }
 
 /// A `libbuilddir` connection, closed on drop.
@@ -135,16 +148,7 @@ fn c_block(conn: &CConn, daemon: &Daemon, n: usize) -> Result<Block> {
         cycle.push(us(t0.elapsed()));
         check(s, &err)?;
     }
-    let wall = t.elapsed();
-    daemon
-        .wait_trash_empty(Duration::from_secs(120))
-        .context("waiting for the reaper")?;
-    Ok(Block {
-        alloc,
-        cycle,
-        ops: n,
-        wall,
-    })
+    daemon_block(daemon, alloc, cycle, n, t)
 }
 
 #[derive(Default)]

@@ -147,3 +147,67 @@ pub fn listen(path: &Path) -> UnixListener {
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     listener
 }
+
+/// A daemon process killed when dropped (also when a test fails), so that
+/// a failed assertion never leaves a daemon holding the test's mount.
+#[derive(Debug)]
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// builddird socket-activated with `listener` plus `stored` fds, as systemd
+/// starts it after a restart, with `config`; it logs to `daemon.log` in
+/// `s` and is ready (it sent `READY=1` to `notify`) on return.
+pub fn start_activated(
+    s: &crate::Scratch,
+    config: &str,
+    listener: &UnixListener,
+    stored: &[(String, OwnedFd)],
+    notify: &NotifySocket,
+) -> Killed {
+    start_activated_env(s, config, listener, stored, notify, &[])
+}
+
+/// [`start_activated`] with extra environment (a failpoint).
+pub fn start_activated_env(
+    s: &crate::Scratch,
+    config: &str,
+    listener: &UnixListener,
+    stored: &[(String, OwnedFd)],
+    notify: &NotifySocket,
+    env: &[(&str, &str)],
+) -> Killed {
+    let cfg = s.dir.join("cfg.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--config".into(),
+        cfg.into(),
+        "--root".into(),
+        s.dir.join("root").into(),
+    ];
+    let mut fds = vec![(listener.as_raw_fd(), "builddird.socket".to_owned())];
+    fds.extend(stored.iter().map(|(n, fd)| (fd.as_raw_fd(), n.clone())));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(s.dir.join("daemon.log"))
+        .unwrap();
+    let child = activated_with(&crate::bin("builddird"), &args, &fds)
+        .env("NOTIFY_SOCKET", s.dir.join("notify"))
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(10)).0,
+        "no READY=1"
+    );
+    child
+}

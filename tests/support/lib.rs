@@ -187,6 +187,18 @@ impl Daemon {
         d
     }
 
+    /// A daemon that differs from the default only in its config file, the
+    /// most common variation by far.
+    pub fn start_with_config(tag: &str, config: &str) -> Daemon {
+        Daemon::start_with(
+            tag,
+            DaemonOpts {
+                config: Some(config.into()),
+                ..Default::default()
+            },
+        )
+    }
+
     /// A daemon with its scratch dir made but not started, so a test can
     /// set up `root` first (mount a filesystem there); then [`Daemon::spawn`].
     pub fn prepare(tag: &str, opts: DaemonOpts) -> Daemon {

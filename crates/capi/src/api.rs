@@ -51,6 +51,19 @@ fn null(what: &str) -> Failure {
     Failure::invalid(format!("{what} is NULL; pass a valid pointer"))
 }
 
+/// The connection behind the handle C passed, or the invalid-argument
+/// failure for NULL: every call that takes a `conn` checks it this way, at
+/// the point of its contract where the handle is first needed.
+///
+/// # Safety
+/// `conn` is NULL or from [`builddir_connect`], not closed, and used by no
+/// other call while the reference lives (the C contract of every function
+/// taking a `conn`).
+unsafe fn live_conn<'a>(conn: *mut builddir_conn) -> Result<&'a mut Conn, Failure> {
+    // SAFETY: NULL (then None) or a live, unshared connection (contract).
+    unsafe { conn.as_mut() }.ok_or_else(|| null("conn"))
+}
+
 /// The library's version, a static string.
 #[no_mangle]
 pub extern "C" fn builddir_version() -> *const c_char {
@@ -129,11 +142,8 @@ pub unsafe extern "C" fn builddir_allocate(
         out.gid = 0;
         out.id[0] = 0;
         out.path[0] = 0;
-        if conn.is_null() {
-            return Err(null("conn"));
-        }
-        // SAFETY: a live connection from builddir_connect (contract).
-        let conn = unsafe { &mut *conn };
+        // SAFETY: NULL or a live connection from builddir_connect (contract).
+        let conn = unsafe { live_conn(conn) }?;
         let name = if name.is_null() {
             String::new()
         } else {
@@ -193,11 +203,8 @@ unsafe fn end(
         // The caller's copy of the number is void from here on, whatever
         // happens; the descriptor itself is ours to close (Conn::end).
         lease.dir_fd = -1;
-        if conn.is_null() {
-            return Err(null("conn"));
-        }
-        // SAFETY: a live connection from builddir_connect (contract).
-        let conn = unsafe { &mut *conn };
+        // SAFETY: NULL or a live connection from builddir_connect (contract).
+        let conn = unsafe { live_conn(conn) }?;
         let id = read_buf(&lease.id, "lease->id")?;
         let released = conn.end(&id, keep)?;
         if let Some(o) = outcome.as_mut() {
@@ -279,11 +286,8 @@ pub unsafe extern "C" fn builddir_set_timeout(
     errlen: usize,
 ) -> builddir_status {
     let result = run(|| {
-        if conn.is_null() {
-            return Err(null("conn"));
-        }
-        // SAFETY: a live connection from builddir_connect (contract).
-        let conn = unsafe { &mut *conn };
+        // SAFETY: NULL or a live connection from builddir_connect (contract).
+        let conn = unsafe { live_conn(conn) }?;
         let t = (timeout_ms != 0).then(|| Duration::from_millis(timeout_ms.into()));
         conn.set_timeout(t)
     });
@@ -310,11 +314,8 @@ pub unsafe extern "C" fn builddir_reconnect(
         if let Some(n) = lost.as_mut() {
             **n = 0;
         }
-        if conn.is_null() {
-            return Err(null("conn"));
-        }
-        // SAFETY: a live connection from builddir_connect (contract).
-        let conn = unsafe { &mut *conn };
+        // SAFETY: NULL or a live connection from builddir_connect (contract).
+        let conn = unsafe { live_conn(conn) }?;
         let n = conn.reconnect()?;
         if let Some(l) = lost {
             *l = n;

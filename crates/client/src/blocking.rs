@@ -112,18 +112,8 @@ impl Client {
                 _ => e.into(),
             });
         }
-        let server = match conn.expect::<HelloReply>()? {
-            HelloReply::Welcome {
-                version,
-                server_version,
-                features,
-            } => ServerInfo {
-                server_version,
-                protocol_version: version,
-                features,
-            },
-            HelloReply::Refused(e) => return Err(Error::Refused(e)),
-        };
+        let server =
+            ServerInfo::from_hello(conn.expect::<HelloReply>()?).map_err(Error::Refused)?;
         // Nothing rides with a hello reply; anything that did is closed.
         conn.discard_fds();
         Ok(Client {

@@ -69,17 +69,9 @@ impl Client {
             None => {
                 // No fds are discarded here: with the hello pipelined, the
                 // next reply's descriptor may already sit in the queue.
-                let info = match self.conn.expect::<HelloReply>().await? {
-                    HelloReply::Welcome {
-                        version,
-                        server_version,
-                        features,
-                    } => ServerInfo {
-                        server_version,
-                        protocol_version: version,
-                        features,
-                    },
-                    HelloReply::Refused(e) => {
+                let info = match ServerInfo::from_hello(self.conn.expect::<HelloReply>().await?) {
+                    Ok(info) => info,
+                    Err(e) => {
                         self.refused = Some(e.clone());
                         return Err(Error::Refused(e));
                     }

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use builddir_proto::{DEFAULT_SOCKET, SOCKET_ENV};
+use builddir_proto::{ErrorReply, HelloReply, DEFAULT_SOCKET, SOCKET_ENV};
 
 /// The socket path clients use: `$BUILDDIR_SOCKET`, else `/run/builddird.sock`.
 /// A process in secure-execution mode (setuid, setgid, file capabilities:
@@ -45,4 +45,24 @@ pub struct ServerInfo {
     pub protocol_version: u32,
     /// Features the daemon advertised.
     pub features: Vec<String>,
+}
+
+impl ServerInfo {
+    /// The daemon's handshake answer: what it said about itself, or the
+    /// refusal it sent instead. Both clients read the same reply; each
+    /// decides what a refusal does to its connection.
+    pub(crate) fn from_hello(reply: HelloReply) -> Result<ServerInfo, ErrorReply> {
+        match reply {
+            HelloReply::Welcome {
+                version,
+                server_version,
+                features,
+            } => Ok(ServerInfo {
+                server_version,
+                protocol_version: version,
+                features,
+            }),
+            HelloReply::Refused(e) => Err(e),
+        }
+    }
 }

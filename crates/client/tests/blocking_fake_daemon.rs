@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 
 use builddir_client::blocking::Client;
 use builddir_client::Error;
-use builddir_proto::{
-    codec, fdpass, Allocated, ProtoError, Released, Request, Response, MAX_FRAME,
-};
-use fake_daemon::{settle_fds_to, FakeDaemon, Next, Peer};
+use builddir_proto::{codec, fdpass, ProtoError, Released, Request, Response, MAX_FRAME};
+use fake_daemon::{allocation, settle_fds_to, FakeDaemon, Next, Peer};
 
 /// Tests here count the process's descriptors: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -159,13 +157,7 @@ fn an_allocation_whose_fd_is_not_a_directory_is_refused() {
     let _s = serial();
     let d = daemon(|p, req| {
         if let Request::Allocate { .. } = req {
-            let r = Response::Allocated(Allocated {
-                id: "id1".into(),
-                path: p.root.display().to_string(),
-                uid: 0,
-                gid: 0,
-                secret: "s".into(),
-            });
+            let r = allocation("id1", p.root.display().to_string(), "s");
             let file = p.file.try_clone().unwrap();
             p.send(&r, Some(file.as_fd()));
             return true;
@@ -191,13 +183,11 @@ fn an_allocation_with_a_nul_in_its_id_or_a_relative_path_is_refused() {
     for (id, path) in [("ab\0cd", None), ("id1", Some("relative/dir"))] {
         let d = daemon(move |p, req| {
             if let Request::Allocate { .. } = req {
-                let r = Response::Allocated(Allocated {
-                    id: id.into(),
-                    path: path.map_or_else(|| p.root.display().to_string(), str::to_owned),
-                    uid: 0,
-                    gid: 0,
-                    secret: "s".into(),
-                });
+                let r = allocation(
+                    id,
+                    path.map_or_else(|| p.root.display().to_string(), str::to_owned),
+                    "s",
+                );
                 let dir = p.dir.try_clone().unwrap();
                 p.send(&r, Some(dir.as_fd()));
                 return true;
@@ -249,13 +239,7 @@ fn fds_sent_with_every_byte_of_a_frame_do_not_pile_up_and_go_on_error() {
 fn a_reply_dribbled_byte_by_byte_runs_into_the_per_call_deadline() {
     let _s = serial();
     let d = FakeDaemon::start(1, |p, _req| {
-        let r = Response::Allocated(Allocated {
-            id: "dribbled".into(),
-            path: p.root.display().to_string(),
-            uid: 0,
-            gid: 0,
-            secret: "s".into(),
-        });
+        let r = allocation("dribbled", p.root.display().to_string(), "s");
         let frame = codec::encode_frame(&r).unwrap();
         let dir = p.dir.try_clone().unwrap();
         let _ = fdpass::send(p.raw.as_fd(), &frame[..1], Some(dir.as_fd()));

@@ -10,21 +10,15 @@ use std::os::fd::AsFd;
 
 use builddir_client::blocking::Client;
 use builddir_client::Error;
-use builddir_proto::{Allocated, ProtoError, Request, Response};
-use fake_daemon::{open_fds, FakeDaemon, Next};
+use builddir_proto::{ProtoError, Request};
+use fake_daemon::{allocation, open_fds, FakeDaemon, Next};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 #[test]
 fn at_the_callers_fd_limit_the_error_names_rlimit_nofile_and_the_connection_is_out_of_step() {
     let d = FakeDaemon::start(1, |p, req| {
         if let Request::Allocate { .. } = req {
-            let r = Response::Allocated(Allocated {
-                id: "id1".into(),
-                path: p.root.display().to_string(),
-                uid: 0,
-                gid: 0,
-                secret: "s".into(),
-            });
+            let r = allocation("id1", p.root.display().to_string(), "s");
             // No new descriptor on this side: the process is at its limit.
             let _ = p.conn.write(&r, Some(p.dir.as_fd()));
         }

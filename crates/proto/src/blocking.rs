@@ -203,20 +203,7 @@ impl BlockingConnection {
             match fdpass::recv(self.stream.as_fd(), &mut chunk) {
                 Ok(got) => break got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ProtoError::TimedOut)
-                }
-                Err(source) => {
-                    return Err(ProtoError::Io {
-                        context: "recvmsg on the socket",
-                        source,
-                    })
-                }
+                Err(e) => return Err(transfer_error("recvmsg on the socket", e)),
             }
         };
         if got.truncated {
@@ -296,23 +283,24 @@ impl BlockingConnection {
                     fd = None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ProtoError::TimedOut)
-                }
-                Err(source) => {
-                    return Err(ProtoError::Io {
-                        context: "sendmsg on the socket",
-                        source,
-                    })
-                }
+                Err(e) => return Err(transfer_error("sendmsg on the socket", e)),
             }
         }
         Ok(())
+    }
+}
+
+/// What a failed `sendmsg`/`recvmsg` means to the caller: the timeout
+/// [`BlockingConnection::arm`] set on the socket surfaces as `EAGAIN` (or
+/// `ETIMEDOUT`), which is the deadline passing, not a broken socket.
+fn transfer_error(context: &'static str, e: io::Error) -> ProtoError {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        ProtoError::TimedOut
+    } else {
+        ProtoError::Io { context, source: e }
     }
 }
 

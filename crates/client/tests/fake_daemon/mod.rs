@@ -42,13 +42,7 @@ impl Peer {
 
     /// An allocation reply for lease `id`, with `self.dir` attached.
     pub fn allocated(&mut self, id: &str) {
-        let r = Response::Allocated(Allocated {
-            id: id.into(),
-            path: self.root.display().to_string(),
-            uid: 0,
-            gid: 0,
-            secret: format!("secret-{id}"),
-        });
+        let r = allocation(id, self.root.display().to_string(), &format!("secret-{id}"));
         let dir = self.dir.try_clone().unwrap();
         self.send(&r, Some(dir.as_fd()));
     }
@@ -67,6 +61,19 @@ impl Peer {
     pub fn write_raw(&mut self, bytes: &[u8]) {
         let _ = self.raw.write_all(bytes);
     }
+}
+
+/// An allocation reply for lease `id` at `path`, owned by root. The scripts
+/// vary only these and what rides along with the reply (a directory, a
+/// file, nothing), so that each test says just what it breaks.
+pub fn allocation(id: &str, path: String, secret: &str) -> Response {
+    Response::Allocated(Allocated {
+        id: id.into(),
+        path,
+        uid: 0,
+        gid: 0,
+        secret: secret.into(),
+    })
 }
 
 /// What the script says after each request.

@@ -30,15 +30,7 @@ pub fn lease_size_within(
         }
     }
     let report = tree_walk_within(daemon, id, state, limits)?;
-    if let Some(stopped) = report.stopped {
-        tracing::info!(
-            lease_id = %id,
-            stopped = stopped.as_str(),
-            entries = report.entries,
-            "size walk stopped early; size unknown"
-        );
-    }
-    report.size()
+    walked_size(id, &report)
 }
 
 /// Bytes in a live or kept tree (by a bounded fd walk); `None` for other
@@ -46,6 +38,13 @@ pub fn lease_size_within(
 /// count would be a lower bound, not a size).
 pub fn tree_size(daemon: &Daemon, id: LeaseId, state: LeaseState) -> Option<u64> {
     let report = tree_walk(daemon, id, state)?;
+    walked_size(id, &report)
+}
+
+/// The size a walk of `id`'s tree found; a walk that stopped early found
+/// none (only a lower bound), and that is logged, since the operator then
+/// sees a lease without a size.
+fn walked_size(id: LeaseId, report: &WalkReport) -> Option<u64> {
     if let Some(stopped) = report.stopped {
         tracing::info!(
             lease_id = %id,
