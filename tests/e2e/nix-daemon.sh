@@ -6,7 +6,7 @@
 # Debian's patches) plus contrib/nix/build-dir-helper.patch, linked against
 # libbuilddir. It is built once and cached, keyed by the hashes of the source
 # package's .dsc, the patch and builddir.h's declarations; a cache hit skips the build (a cold
-# build takes tens of minutes on two cores).
+# build took 12 minutes on two cores).
 #
 # The tests run in a private mount and PID namespace: /tmp is a
 # noexec,nosuid,nodev tmpfs, /nix a tmpfs holding the store, the daemon's state
@@ -122,7 +122,7 @@ if [ "${BUILDDIR_NIX_E2E_INNER:-}" != 1 ]; then
     if [ "$(cat "$inst/.key" 2>/dev/null)" = "$key" ] && [ -x "$inst/bin/nix-daemon" ]; then
         log "patched Nix: cache hit ($key)"
     else
-        log "patched Nix: cache miss ($key), building (tens of minutes on two cores)"
+        log "patched Nix: cache miss ($key), building (about 12 minutes on two cores)"
         build_start=$SECONDS
         if ! grep -rqs '^deb-src .*bookworm' /etc/apt/sources.list /etc/apt/sources.list.d/; then
             echo 'deb-src http://deb.debian.org/debian bookworm main' > /etc/apt/sources.list.d/bookworm-src.list
