@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use builddir_tests::{require_root, wait_timeout, Daemon, DaemonOpts, Ident, USER_A};
+use builddir_tests::{require_root, wait_timeout, Daemon, DaemonOpts, Ident, USER_A, USER_B};
 
 /// The built library (target/<profile>/deps, next to this test).
 fn built_lib_dir() -> PathBuf {
@@ -164,6 +164,38 @@ fn c_root_orchestrator_allocates_for_a_build_user() {
     let d = Daemon::start("capi-owner");
     let p = build(&d);
     scenario(&p.plain, None, &["owner", socket(&d), "61105", "61100"]);
+}
+
+#[test]
+fn c_keep_for_hands_the_tree_to_the_named_user_and_a_refused_owner_leaves_the_lease_held() {
+    if !require_root("c_keep_for") {
+        return;
+    }
+    let d = Daemon::start("capi-keep-for");
+    let p = build(&d);
+    let (b_uid, b_gid) = (USER_B.uid.to_string(), USER_B.gid.to_string());
+    for program in [&p.plain, &p.sanitized] {
+        // Root (the Nix daemon): a build user's lease, kept for USER_B.
+        scenario(
+            program,
+            None,
+            &[
+                "keep_for",
+                socket(&d),
+                "61105",
+                "61100",
+                &b_uid,
+                &b_gid,
+                "ok",
+            ],
+        );
+        // An unprivileged caller without a grant may not name USER_B.
+        scenario(
+            program,
+            Some(USER_A),
+            &["keep_for", socket(&d), "0", "0", &b_uid, &b_gid, "denied"],
+        );
+    }
 }
 
 #[test]

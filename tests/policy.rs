@@ -553,3 +553,128 @@ fn run_owner_makes_the_dir_for_another_user_for_root_and_grant_holders_only() {
     let status = builddir_tests::wait_timeout(&mut child, Duration::from_secs(10)).unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn keep_for_hands_the_tree_to_the_named_user_and_only_root_or_a_grant_may_name_one() {
+    if !require_root("keep_for") {
+        return;
+    }
+    let d = with_config(
+        "keep-for",
+        "[[owner_grants]]\nusers = [\"61001\"]\nuids = [\"61100-61110\"]\ngids = [\"61100\"]\n",
+    );
+    // Root, like the Nix daemon: a build user's lease, kept for the user
+    // who asked for the build (USER_B).
+    let mut conn = builddir_client::blocking::Client::connect(&d.socket).unwrap();
+    let build_user = builddir_client::Owner {
+        uid: 61_105,
+        gid: 61_100,
+    };
+    let dir = conn.allocate_dir("failed", Some(build_user), None).unwrap();
+    let id = dir.id().to_owned();
+    let build = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("set -e; cd \"$1\"; cp /bin/true suid-bin; chmod 4755 suid-bin; mkdir sub; echo log > sub/log")
+        .arg("sh")
+        .arg(dir.path())
+        .uid(build_user.uid)
+        .gid(build_user.gid)
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", stderr(&build));
+    let to_b = builddir_client::Owner {
+        uid: USER_B.uid,
+        gid: USER_B.gid,
+    };
+    let kept = conn.keep_dir_for(dir, to_b).unwrap();
+    let kept = std::path::PathBuf::from(kept.kept_path.unwrap());
+    let meta = |p: &str| std::fs::symlink_metadata(kept.join(p)).unwrap();
+    for p in ["suid-bin", "sub", "sub/log"] {
+        assert_eq!(
+            (meta(p).uid(), meta(p).gid()),
+            (USER_B.uid, USER_B.gid),
+            "{p}"
+        );
+    }
+    assert_eq!(meta("suid-bin").mode() & 0o7777, 0o755, "setuid bit kept");
+    let reach = |who: Ident| {
+        Command::new("cat")
+            .arg(kept.join("sub/log"))
+            .uid(who.uid)
+            .gid(who.gid)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(reach(USER_B), "the user it was kept for cannot read it");
+    assert!(!reach(USER_A), "another user can read it");
+    assert!(
+        !reach(Ident {
+            uid: build_user.uid,
+            gid: build_user.gid
+        }),
+        "the build user can still reach the kept tree"
+    );
+    // It is USER_B's: in their own listing, and theirs to collect.
+    let out = ctl_as(&d, USER_B, &[], &["--json", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("USER_B does not see the tree kept for them: {rows}"));
+    assert_eq!(row["state"], "kept");
+    assert_eq!(row["owner_uid"], USER_B.uid);
+    let out = ctl_as(&d, USER_B, &[], &["--json", "gc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(eventually(Duration::from_secs(10), || !kept.exists()));
+
+    // A grant holder may keep for an owner in its grant, not for anyone
+    // else; a refused keep-for leaves the lease live.
+    let in_grant = Probe::start_with(&d.socket, USER_A, "granted", &["61105:61100"]);
+    let out = ctl_as(
+        &d,
+        USER_A,
+        &[],
+        &["release", &in_grant.id(), "--keep-for", "61106:61100"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kept_text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let kept_at = kept_text.trim().rsplit(' ').next().unwrap().to_owned();
+    let st = std::fs::metadata(&kept_at).unwrap();
+    assert_eq!((st.uid(), st.gid()), (61_106, 61_100), "{kept_text}");
+    drop(in_grant);
+
+    let probe = Probe::start_with(&d.socket, USER_A, "not-for-b", &["61105:61100"]);
+    let out = ctl_as(
+        &d,
+        USER_A,
+        &[],
+        &[
+            "release",
+            &probe.id(),
+            "--keep-for",
+            &format!("{}:{}", USER_B.uid, USER_B.gid),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("permission-denied") && err.contains("owner_grants"),
+        "{err}"
+    );
+    let live = d
+        .list_all()
+        .into_iter()
+        .any(|r| r["id"] == probe.id().as_str() && r["state"] == "live");
+    assert!(live, "a refused keep-for ended the lease");
+    assert_eq!(
+        probe.finish().code(),
+        Some(0),
+        "the probe's own release failed"
+    );
+}

@@ -257,6 +257,44 @@ static int owner(const char *socket, unsigned uid, unsigned gid) {
     return 0;
 }
 
+/* keep_for: the tree is handed over to `to`, not to the caller (root, or an
+   owner grant); a refused owner leaves the lease held, to be ended after.
+   build_uid 0: the caller's own lease (owner NULL). */
+static int keep_for(const char *socket, unsigned build_uid, unsigned build_gid,
+                    unsigned to_uid, unsigned to_gid, int expect_ok) {
+    fdset base = open_fds();
+    builddir_conn *c = connect_ok(socket);
+    builddir_owner build = {build_uid, build_gid}, to = {to_uid, to_gid};
+    builddir_lease l;
+    allocate_ok(c, "capi-keep-for", build_uid ? &build : NULL, NULL, &l);
+    int fd = l.dir_fd;
+    builddir_outcome o;
+    builddir_status s = builddir_keep_for(c, &l, NULL, &o, err, sizeof err);
+    CHECK(s == BUILDDIR_ERR_INVALID_ARGUMENT && strstr(err, "owner"), "NULL owner: %s: %s", ST(s), err);
+    CHECK(l.dir_fd == fd && fcntl(fd, F_GETFD) >= 0, "NULL owner touched the lease (dir_fd %d)", l.dir_fd);
+    char path[BUILDDIR_PATH_MAX];
+    strcpy(path, l.path);
+    s = builddir_keep_for(c, &l, &to, &o, err, sizeof err);
+    CHECK(l.dir_fd == -1, "dir_fd %d after keep_for", l.dir_fd);
+    if (expect_ok) {
+        CHECK(s == BUILDDIR_OK, "keep_for: %s: %s", ST(s), err);
+        struct stat st;
+        CHECK(stat(o.kept_path, &st) == 0 && st.st_uid == to_uid && st.st_gid == to_gid,
+              "kept %s owned by %u:%u, wanted %u:%u", o.kept_path, st.st_uid, st.st_gid, to_uid, to_gid);
+        CHECK(gone(path), "%s still at the lease path", path);
+    } else {
+        CHECK(s == BUILDDIR_ERR_PERMISSION_DENIED && strstr(err, "owner_grants"), "keep_for: %s: %s", ST(s), err);
+        /* Still held: it ends by release. */
+        CHECK(access(path, F_OK) == 0, "%s gone after a refused keep_for", path);
+        s = builddir_release(c, &l, NULL, err, sizeof err);
+        CHECK(s == BUILDDIR_OK, "release after a refused keep_for: %s: %s", ST(s), err);
+        CHECK(eventually_gone(path), "%s not deleted", path);
+    }
+    builddir_close(c);
+    check_fds_back_to(&base);
+    return 0;
+}
+
 /* A build that fills its size limit gets ENOSPC, and release says so. */
 static int limit(const char *socket, unsigned long long bytes) {
     fdset base = open_fds();
@@ -605,6 +643,9 @@ int main(int argc, char **argv) {
     int rc = 2;
     if (!strcmp(what, "basic")) rc = basic(socket);
     else if (!strcmp(what, "owner") && argc == 5) rc = owner(socket, (unsigned)atoi(argv[3]), (unsigned)atoi(argv[4]));
+    else if (!strcmp(what, "keep_for") && argc == 8)
+        rc = keep_for(socket, (unsigned)atoi(argv[3]), (unsigned)atoi(argv[4]), (unsigned)atoi(argv[5]),
+                      (unsigned)atoi(argv[6]), !strcmp(argv[7], "ok"));
     else if (!strcmp(what, "limit") && argc == 4) rc = limit(socket, strtoull(argv[3], NULL, 10));
     else if (!strcmp(what, "down")) rc = down(socket);
     else if (!strcmp(what, "refused")) rc = refused(socket);

@@ -465,18 +465,26 @@ for sandbox in false true; do
         tail -20 "$scratch/out-cargo-on" | diag
     fi
 
-    # --- keep-failed: the tree is handed to the requester (the daemon)
+    # --- keep-failed: the tree is handed to the user who asked for the build
     if submit keep --no-out-link --arg fail true -K; then
         not_ok "nix-build -K of a failing derivation: it did not fail"
     else
         kept=$(sed -n "s/^note: keeping build directory '\(.*\)'$/\1/p" "$scratch/out-keep" | tail -1)
         entry=$(ctl --json list --all | jq -c --arg p "$kept" '.[] | select(.path == $p and .state == "kept")')
-        if [ -n "$kept" ] && [ -n "$entry" ] && [ "$(cat "$kept/ran.txt" 2>/dev/null)" = "script ran" ] &&
-           [ "$(stat -c %u "$kept")" = 0 ] && [ "$(stat -c %u "$kept/ran.txt")" = 0 ] &&
-           [ "$(stat -c %u "$kept/script")" = 0 ]; then
-            ok "nix-build -K of a failing derivation: the tree is kept at $kept, listed as kept, handed to the requester (the nix-daemon, uid 0): no longer the build user's"
+        as_submitter() { setpriv --reuid="$submitter_uid" --regid="$submitter_uid" --clear-groups "$@"; }
+        # A copy the submitter can run (the checkout may be in a 0700 home).
+        install -m 0755 "$bin/builddir-ctl" "$scratch/builddir-ctl"
+        mine=$(as_submitter "$scratch/builddir-ctl" --socket "$bd_sock" --json list 2>/dev/null |
+            jq -c --arg p "$kept" '.[] | select(.path == $p and .state == "kept")' 2>/dev/null)
+        owners=$(stat -c %u:%g "$kept" "$kept/ran.txt" "$kept/script" 2>/dev/null | sort -u)
+        if [ -n "$kept" ] && [ -n "$entry" ] && [ -n "$mine" ] &&
+           [ "$owners" = "$submitter_uid:$submitter_uid" ] &&
+           [ "$(jq -r .owner_uid <<<"$entry")" = "$submitter_uid" ] &&
+           [ "$(as_submitter cat "$kept/ran.txt" 2>/dev/null)" = "script ran" ] &&
+           ! setpriv --reuid=30001 --regid="$nixbld_gid" --clear-groups cat "$kept/ran.txt" >/dev/null 2>&1; then
+            ok "nix-build -K of a failing derivation: the tree is kept at $kept, listed as kept, handed to the user who ran nix-build (uid $submitter_uid, in their own builddir-ctl list, readable by them and not by the build user)"
         else
-            not_ok "nix-build -K: kept path '$kept', listing '$entry'"
+            not_ok "nix-build -K: kept path '$kept', listing '$entry', the submitter's listing '$mine', owners '$owners' (want $submitter_uid:$submitter_uid)"
             diag < "$scratch/out-keep"
             stat -c '%A %U:%G %n' "$kept" "$kept"/* 2>&1 | diag
         fi

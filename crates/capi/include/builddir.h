@@ -121,6 +121,18 @@ builddir_status builddir_allocate(builddir_conn *conn, const char *name,
 builddir_status builddir_keep(builddir_conn *conn, builddir_lease *lease,
                               builddir_outcome *outcome, char *err, size_t errlen);
 
+/* Like builddir_keep, but the tree is handed over to owner->uid:gid instead of the requesting
+   uid: an orchestrator that builds for its own clients keeps a failed build for the user who
+   asked for it (the Nix daemon: its client's uid). Needs root or an owner grant for that owner,
+   as builddir_allocate does, and a daemon speaking protocol 3. Closes lease->dir_fd and sets it
+   to -1 whatever the result, except for owner NULL (BUILDDIR_ERR_INVALID_ARGUMENT, nothing
+   changes). If the daemon refuses the owner (BUILDDIR_ERR_PERMISSION_DENIED) or is too old for
+   this call (BUILDDIR_ERR_PROTOCOL, nothing sent), the lease has not ended: it stays held on
+   conn, and builddir_keep or builddir_release end it. Added in library version 0.2.0. */
+builddir_status builddir_keep_for(builddir_conn *conn, builddir_lease *lease,
+                                  const builddir_owner *owner, builddir_outcome *outcome,
+                                  char *err, size_t errlen);
+
 /* End the lease; the tree is deleted in the background. outcome may be NULL.
    Closes lease->dir_fd and sets it to -1 whatever the result. */
 builddir_status builddir_release(builddir_conn *conn, builddir_lease *lease,

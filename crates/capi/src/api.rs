@@ -17,7 +17,7 @@ use crate::abi::{
 };
 use crate::cbuf::write_err;
 use crate::cbuf::{read_buf, read_str, write_str};
-use crate::conn::Conn;
+use crate::conn::{Conn, Ending};
 use crate::failure::Failure;
 use crate::guard::{quietly, run};
 
@@ -184,7 +184,7 @@ unsafe fn end(
     conn: *mut builddir_conn,
     lease: *mut builddir_lease,
     outcome: *mut builddir_outcome,
-    keep: bool,
+    ending: Ending,
     err: *mut c_char,
     errlen: usize,
 ) -> builddir_status {
@@ -206,7 +206,7 @@ unsafe fn end(
         // SAFETY: NULL or a live connection from builddir_connect (contract).
         let conn = unsafe { live_conn(conn) }?;
         let id = read_buf(&lease.id, "lease->id")?;
-        let released = conn.end(&id, keep)?;
+        let released = conn.end(&id, ending)?;
         if let Some(o) = outcome.as_mut() {
             o.limit_reached = c_int::from(released.limit_reached);
             if let Some(path) = &released.kept_path {
@@ -237,7 +237,34 @@ pub unsafe extern "C" fn builddir_keep(
     errlen: usize,
 ) -> builddir_status {
     // SAFETY: forwarded contract.
-    unsafe { end(conn, lease, outcome, true, err, errlen) }
+    unsafe { end(conn, lease, outcome, Ending::Keep, err, errlen) }
+}
+
+/// Ends the lease keeping its tree for `owner` instead of the caller.
+///
+/// # Safety
+/// See [`builddir_allocate`]; `owner` NULL or a valid struct.
+#[no_mangle]
+pub unsafe extern "C" fn builddir_keep_for(
+    conn: *mut builddir_conn,
+    lease: *mut builddir_lease,
+    owner: *const builddir_owner,
+    outcome: *mut builddir_outcome,
+    err: *mut c_char,
+    errlen: usize,
+) -> builddir_status {
+    // SAFETY: NULL or a valid struct (contract).
+    let owner = unsafe { owner.as_ref() }.map(|o| Owner {
+        uid: o.uid,
+        gid: o.gid,
+    });
+    let Some(owner) = owner else {
+        // The lease is left as it is: nothing was asked of the daemon.
+        // SAFETY: `err`/`errlen` per this function's contract.
+        return unsafe { report(Err(null("owner")), err, errlen) };
+    };
+    // SAFETY: forwarded contract.
+    unsafe { end(conn, lease, outcome, Ending::KeepFor(owner), err, errlen) }
 }
 
 /// Ends the lease; the daemon deletes the tree in the background.
@@ -253,7 +280,7 @@ pub unsafe extern "C" fn builddir_release(
     errlen: usize,
 ) -> builddir_status {
     // SAFETY: forwarded contract.
-    unsafe { end(conn, lease, outcome, false, err, errlen) }
+    unsafe { end(conn, lease, outcome, Ending::Release, err, errlen) }
 }
 
 /// Closes the connection (the daemon releases its leases). NULL: no-op.

@@ -63,6 +63,29 @@ fn on_the_wire(e: &builddir_client::Error) -> bool {
     )
 }
 
+/// Returns true if a keep-for failed before the daemon acted on the lease:
+/// it refused the owner (the lease is untouched; see `Session::release` in
+/// the daemon), or the daemon is too old and nothing was sent.
+fn refused_before_ending(e: &builddir_client::Error) -> bool {
+    use builddir_client::Error as E;
+    match e {
+        E::TooOld { .. } => true,
+        E::Server(r) => r.kind == ErrorKind::PermissionDenied,
+        _ => false,
+    }
+}
+
+/// How a lease ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The daemon deletes the tree.
+    Release,
+    /// The tree is kept for the requesting uid.
+    Keep,
+    /// The tree is kept for another owner (root or an owner grant).
+    KeepFor(Owner),
+}
+
 /// What the caller's `builddir_lease` gets.
 #[derive(Debug)]
 pub struct Granted {
@@ -177,7 +200,11 @@ impl Conn {
     /// leaves the lease in the table (without its descriptor), so that
     /// `builddir_reconnect` can still take it over and the caller end it
     /// after.
-    pub fn end(&mut self, id: &str, keep: bool) -> Result<Released, Failure> {
+    ///
+    /// A keep for another owner that the daemon refuses before touching the
+    /// lease (no right to name that owner, a daemon too old for it) leaves
+    /// it held too: the caller may still keep it for itself or release it.
+    pub fn end(&mut self, id: &str, ending: Ending) -> Result<Released, Failure> {
         self.same_process()?;
         let Some(held) = self.leases.get_mut(id) else {
             return Err(Failure::invalid(format!(
@@ -185,12 +212,21 @@ impl Conn {
             )));
         };
         held.close();
-        let result = self.client.release(id, keep);
-        if !matches!(&result, Err(e) if on_the_wire(e)) {
+        let result = match ending {
+            Ending::Release => self.client.release(id, false),
+            Ending::Keep => self.client.release(id, true),
+            Ending::KeepFor(owner) => self.client.keep_for(id, owner),
+        };
+        let still_held = match &result {
+            Err(e) if on_the_wire(e) => true,
+            Err(e) if matches!(ending, Ending::KeepFor(_)) => refused_before_ending(e),
+            _ => false,
+        };
+        if !still_held {
             self.leases.remove(id);
         }
         let released = result?;
-        if keep && released.kept_path.is_none() {
+        if ending != Ending::Release && released.kept_path.is_none() {
             return Err(Failure::new(
                 BUILDDIR_ERR_PROTOCOL,
                 "builddird kept the lease but sent no kept path; see `builddir-ctl list`",

@@ -32,7 +32,7 @@ impl From<Error> for Failure {
             Error::Connect { .. } => BUILDDIR_ERR_CONNECT,
             Error::Refused(r) | Error::Server(r) => of_kind(r.kind),
             Error::Proto(p) => of_proto(p),
-            Error::Unexpected(_) => BUILDDIR_ERR_PROTOCOL,
+            Error::Unexpected(_) | Error::TooOld { .. } => BUILDDIR_ERR_PROTOCOL,
             Error::LeaseLost(_) | Error::Io { .. } | Error::OutOfStep => BUILDDIR_ERR_IO,
         };
         let message = match &e {

@@ -59,6 +59,14 @@ functions! {
         *mut c_char => "char *",
         usize => "size_t"
     ) -> builddir_status => "builddir_status";
+    builddir_keep_for(
+        *mut builddir_conn => "builddir_conn *",
+        *mut builddir_lease => "builddir_lease *",
+        *const builddir_owner => "const builddir_owner *",
+        *mut builddir_outcome => "builddir_outcome *",
+        *mut c_char => "char *",
+        usize => "size_t"
+    ) -> builddir_status => "builddir_status";
     builddir_release(
         *mut builddir_conn => "builddir_conn *",
         *mut builddir_lease => "builddir_lease *",

@@ -329,6 +329,33 @@ impl Client {
         Lease::new(self, name, None, Some(limit))
     }
 
+    /// Ends `dir`'s lease keeping the tree, handed over to `owner` rather
+    /// than to the requester (an orchestrator keeping a failed build for
+    /// the user who asked for it). Needs root or an owner grant for
+    /// `owner`, and a daemon at protocol 3: against an older one the answer
+    /// is [`Error::TooOld`], nothing is sent and the lease stays held on
+    /// this connection (end it by id with [`Client::release`]).
+    pub fn keep_dir_for(&mut self, dir: BuildDir, owner: Owner) -> Result<Released, Error> {
+        self.keep_for(&dir.id, owner)
+    }
+
+    /// Ends lease `id` keeping its tree for `owner` (see
+    /// [`Client::keep_dir_for`]); the answer carries the kept path.
+    pub fn keep_for(&mut self, id: &str, owner: Owner) -> Result<Released, Error> {
+        self.server.check_keep_for()?;
+        let request = Request::KeepFor {
+            id: id.to_owned(),
+            owner,
+        };
+        self.step(|c| {
+            let r = c.released(id, &request)?;
+            if r.kept_path.is_none() {
+                return Err(Error::Unexpected("keep reply without a kept path"));
+            }
+            Ok(r)
+        })
+    }
+
     /// Releases lease `id` (yours, or anyone's for operators). With `keep`,
     /// the answer carries the kept path.
     pub fn release(&mut self, id: &str, keep: bool) -> Result<Released, Error> {
@@ -336,13 +363,18 @@ impl Client {
             id: id.to_owned(),
             keep,
         };
-        self.step(|c| match c.call(&request)? {
+        self.step(|c| c.released(id, &request))
+    }
+
+    /// Sends an ending request for lease `id` and reads its confirmation.
+    fn released(&mut self, id: &str, request: &Request) -> Result<Released, Error> {
+        match self.call(request)? {
             Response::Released(r) if r.id == id => Ok(r),
             Response::Released(_) => Err(Error::Unexpected(
                 "release confirmation names another lease",
             )),
             _ => Err(Error::Unexpected("expected a release confirmation")),
-        })
+        }
     }
 
     /// Deletes lease or kept tree `id` (operators).

@@ -187,6 +187,22 @@ impl Client {
         }
     }
 
+    /// Ends lease `id` keeping its tree, handed over to `owner` rather than
+    /// to the requester. Needs root or an owner grant for `owner`, and a
+    /// daemon at protocol 3 ([`Error::TooOld`] otherwise; nothing is sent).
+    pub async fn keep_for(&mut self, id: &str, owner: Owner) -> Result<Released, Error> {
+        self.handshake().await?.check_keep_for()?;
+        let request = Request::KeepFor {
+            id: id.to_owned(),
+            owner,
+        };
+        match self.call(&request).await? {
+            Response::Released(r) if r.kept_path.is_some() => Ok(r),
+            Response::Released(_) => Err(Error::Unexpected("keep reply without a kept path")),
+            _ => Err(Error::Unexpected("expected a release confirmation")),
+        }
+    }
+
     /// Deletes lease or kept tree `id` (operators).
     pub async fn remove(&mut self, id: &str) -> Result<(), Error> {
         match self.call(&Request::Remove { id: id.to_owned() }).await? {

@@ -33,6 +33,16 @@ pub enum Error {
     /// more is sent on it.
     #[error("the connection is out of step: close it and connect again")]
     OutOfStep,
+    /// The daemon speaks an older protocol version that lacks the request;
+    /// nothing was sent.
+    #[error(
+        "builddird speaks protocol version {has}; {what} needs version {needs}: upgrade builddird"
+    )]
+    TooOld {
+        what: &'static str,
+        needs: u32,
+        has: u32,
+    },
     /// A local filesystem step failed.
     #[error("{context}: {source}")]
     Io {

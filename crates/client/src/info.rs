@@ -47,7 +47,23 @@ pub struct ServerInfo {
     pub features: Vec<String>,
 }
 
+/// The first protocol version with [`builddir_proto::Request::KeepFor`].
+pub(crate) const KEEP_FOR_VERSION: u32 = 3;
+
 impl ServerInfo {
+    /// Checks that the agreed protocol version has `KeepFor`.
+    pub(crate) fn check_keep_for(&self) -> Result<(), crate::Error> {
+        if self.protocol_version >= KEEP_FOR_VERSION {
+            Ok(())
+        } else {
+            Err(crate::Error::TooOld {
+                what: "keeping a tree for another user",
+                needs: KEEP_FOR_VERSION,
+                has: self.protocol_version,
+            })
+        }
+    }
+
     /// The daemon's handshake answer: what it said about itself, or the
     /// refusal it sent instead. Both clients read the same reply; each
     /// decides what a refusal does to its connection.

@@ -262,3 +262,81 @@ fn a_reply_dribbled_byte_by_byte_runs_into_the_per_call_deadline() {
     );
     assert!(took < Duration::from_millis(1500), "took {took:?}");
 }
+
+#[test]
+fn keep_for_on_a_protocol_2_daemon_sends_nothing_and_leaves_the_connection_usable() {
+    let _s = serial();
+    let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let d = FakeDaemon::start_at(2, 1, move |p, req| {
+        log.lock().unwrap().push(format!("{req:?}"));
+        match req {
+            Request::Allocate { .. } => p.allocated(&format!("id{}", p.n)),
+            Request::Release { id, keep } => p.released(&id, keep),
+            _ => return Next::Hang,
+        }
+        Next::Continue
+    });
+    let mut c = Client::connect(&d.socket).unwrap();
+    assert_eq!(c.server_info().protocol_version, 2);
+    let a = c.allocate_dir("a", None, None).unwrap();
+    let owner = builddir_proto::Owner {
+        uid: 1000,
+        gid: 1000,
+    };
+    let r = c.keep_for(a.id(), owner);
+    match &r {
+        Err(
+            e @ Error::TooOld {
+                needs: 3, has: 2, ..
+            },
+        ) => {
+            let text = e.to_string();
+            assert!(text.contains("upgrade builddird"), "{text}");
+        }
+        other => panic!("keep_for on a version-2 daemon: {other:?}"),
+    }
+    assert!(!c.is_out_of_step());
+    // The lease is still held: a plain keep ends it.
+    let kept = c.keep_dir(a).unwrap();
+    assert_eq!(kept.kept_path.as_deref(), Some("/kept/id1"));
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(
+        requests.iter().all(|r| !r.contains("KeepFor")),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn keep_for_sends_the_owner_and_takes_only_its_own_lease_s_confirmation() {
+    let _s = serial();
+    let d = daemon(|p, req| match req {
+        Request::KeepFor { id, owner } if owner.uid == 1000 && owner.gid == 100 => {
+            p.released(id, true);
+            true
+        }
+        Request::KeepFor { .. } => {
+            // A confirmation for another lease: never taken for this one.
+            p.released("someone-else", true);
+            true
+        }
+        _ => false,
+    });
+    let mut c = Client::connect(&d.socket).unwrap();
+    let a = c.allocate_dir("a", None, None).unwrap();
+    let b = c.allocate_dir("b", None, None).unwrap();
+    let kept = c
+        .keep_dir_for(
+            a,
+            builddir_proto::Owner {
+                uid: 1000,
+                gid: 100,
+            },
+        )
+        .unwrap();
+    assert_eq!(kept.kept_path.as_deref(), Some("/kept/id1"));
+    let wrong = c.keep_dir_for(b, builddir_proto::Owner { uid: 7, gid: 7 });
+    assert!(matches!(wrong, Err(Error::Unexpected(_))), "{wrong:?}");
+    assert!(c.is_out_of_step());
+}

@@ -59,6 +59,11 @@ enum Command {
         /// becomes yours, loses setuid/setgid bits; its path is printed.
         #[arg(long)]
         keep: bool,
+        /// Keep the tree for USER[:GROUP] instead (names or numbers; GROUP
+        /// defaults to USER's primary group): it becomes theirs, not
+        /// yours. Needs root or an owner_grants entry for that owner.
+        #[arg(long, value_name = "USER[:GROUP]", value_parser = users::parse_owner, conflicts_with = "keep")]
+        keep_for: Option<builddir_client::Owner>,
     },
     /// Delete any lease or kept tree (operators).
     Remove {
@@ -145,7 +150,14 @@ fn main() -> ExitCode {
             } => cmd::list_offline(cli.json, &config),
             Command::List { all, size, .. } => cmd::list(&socket, cli.json, all, size).await,
             Command::Status => cmd::status(&socket, cli.json).await,
-            Command::Release { id, keep } => cmd::release(&socket, cli.json, &id, keep).await,
+            Command::Release { id, keep, keep_for } => {
+                let ending = match (keep_for, keep) {
+                    (Some(owner), _) => cmd::Ending::KeepFor(owner),
+                    (None, true) => cmd::Ending::Keep,
+                    (None, false) => cmd::Ending::Delete,
+                };
+                cmd::release(&socket, cli.json, &id, ending).await
+            }
             Command::Remove { id } => cmd::remove(&socket, cli.json, &id).await,
             Command::Gc { older_than } => cmd::gc(&socket, cli.json, older_than.unwrap_or(0)).await,
             Command::Metrics => cmd::metrics(&socket).await,

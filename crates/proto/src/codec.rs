@@ -123,7 +123,7 @@ mod tests {
         use crate::{ErrorKind, ErrorReply, Owner, Released, Response};
         assert_eq!(
             encode_frame(&Hello::current("c")).unwrap(),
-            [0, 0, 0, 12, b'B', b'U', b'I', b'L', b'D', b'D', b'I', b'R', 2, 2, 1, b'c']
+            [0, 0, 0, 12, b'B', b'U', b'I', b'L', b'D', b'D', b'I', b'R', 2, 3, 1, b'c']
         );
         let allocate = Request::Allocate {
             name: "hello".into(),
@@ -167,6 +167,17 @@ mod tests {
             })
             .unwrap(),
             [1, 2, b'a', b'b', 1]
+        );
+        let keep_for = Request::KeepFor {
+            id: "ab".into(),
+            owner: Owner {
+                uid: 1000,
+                gid: 100,
+            },
+        };
+        assert_eq!(
+            encode(&keep_for).unwrap(),
+            [8, 2, b'a', b'b', 0xfb, 0xe8, 0x03, 100]
         );
     }
 

@@ -26,6 +26,10 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<bool>(), any::<bool>()).prop_map(|(all, size)| Request::List { all, size }),
         Just(Request::Status),
         ".{0,40}".prop_map(|id| Request::Remove { id }),
+        (".{0,40}", any::<u32>(), any::<u32>()).prop_map(|(id, uid, gid)| Request::KeepFor {
+            id,
+            owner: Owner { uid, gid }
+        }),
     ]
 }
 

@@ -90,6 +90,12 @@ pub enum Request {
     /// Take over a lease whose connection was lost (the daemon restarted),
     /// proving it with the secret from [`Allocated::secret`].
     Reclaim { id: String, secret: String },
+    /// End a lease held by this connection keeping the tree, handed over to
+    /// `owner` rather than to the requester: an orchestrator that builds for
+    /// its own clients (the Nix daemon) keeps a failed build's tree for the
+    /// user who asked for the build. Needs root or an owner grant for
+    /// `owner`, as [`Request::Allocate`] does. Protocol 3 onwards.
+    KeepFor { id: String, owner: Owner },
 }
 
 /// A response to one [`Request`].

@@ -9,12 +9,17 @@ pub const MAGIC: [u8; 8] = *b"BUILDDIR";
 /// 2: [`crate::Released`] gained `limit_reached`; [`crate::LeaseState`]
 /// gained `Detaching` (index 4); [`crate::StatusReport`] gained `detaching`.
 ///
+/// 3: [`crate::Request`] gained `KeepFor` (index 8). Every version-2
+/// message is encoded as before, so version 2 is still spoken; a client
+/// must not send `KeepFor` on a connection that agreed on version 2.
+///
 /// Bump it whenever a message's encoding changes (bincode has no field tags:
 /// adding a field or an enum variant changes the encoding).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest protocol version this build still speaks. Raise it only when
-/// support for an old encoding is removed.
+/// support for an old encoding is removed (version 1's `Released` without
+/// `limit_reached` was).
 pub const PROTOCOL_VERSION_MIN: u32 = 2;
 
 /// Returns the highest version in both `[client_min, client_max]` and
@@ -33,6 +38,7 @@ mod tests {
     #[test]
     fn picks_highest_common_version() {
         assert_eq!(negotiate(2, 2), Some(2));
+        assert_eq!(negotiate(2, 3), Some(3));
         assert_eq!(negotiate(1, 1), None);
         assert_eq!(negotiate(0, 99), Some(PROTOCOL_VERSION));
     }

@@ -96,6 +96,16 @@ impl FakeDaemon {
     /// each request with `script`.
     pub fn start(
         connections: u32,
+        script: impl FnMut(&mut Peer, Request) -> Next + Send + 'static,
+    ) -> FakeDaemon {
+        FakeDaemon::start_at(PROTOCOL_VERSION, connections, script)
+    }
+
+    /// Like [`FakeDaemon::start`], agreeing on protocol `version` in the
+    /// handshake (an older daemon).
+    pub fn start_at(
+        version: u32,
+        connections: u32,
         mut script: impl FnMut(&mut Peer, Request) -> Next + Send + 'static,
     ) -> FakeDaemon {
         let root = std::env::temp_dir().join(format!(
@@ -128,7 +138,7 @@ impl FakeDaemon {
                     continue;
                 }
                 let welcome = HelloReply::Welcome {
-                    version: PROTOCOL_VERSION,
+                    version,
                     server_version: "fake".into(),
                     features: vec![],
                 };

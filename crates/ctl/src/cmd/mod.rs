@@ -19,9 +19,21 @@ use serde::Serialize;
 
 use crate::output;
 
-pub async fn release(socket: &Path, json: bool, id: &str, keep: bool) -> Result<ExitCode> {
+/// How `release` ends its lease.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending {
+    Delete,
+    Keep,
+    KeepFor(builddir_client::Owner),
+}
+
+pub async fn release(socket: &Path, json: bool, id: &str, ending: Ending) -> Result<ExitCode> {
     let mut client = Client::connect(socket).await?;
-    let released = client.release(id, keep).await?;
+    let released = match ending {
+        Ending::Delete => client.release(id, false).await?,
+        Ending::Keep => client.release(id, true).await?,
+        Ending::KeepFor(owner) => client.keep_for(id, owner).await?,
+    };
     #[derive(Serialize)]
     struct Out<'a> {
         id: &'a str,

@@ -16,7 +16,9 @@ use crate::lease::id::LeaseId;
 use crate::lease::table::{Counters, Daemon};
 
 /// Features advertised in the handshake.
-pub const FEATURES: &[&str] = &["allocate", "release", "keep", "list", "status", "remove"];
+pub const FEATURES: &[&str] = &[
+    "allocate", "release", "keep", "keep-for", "list", "status", "remove",
+];
 
 /// Serves one accepted connection to the end.
 pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream, conn_id: u64) {

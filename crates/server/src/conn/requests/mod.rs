@@ -21,6 +21,7 @@ use builddir_proto::{ErrorKind, ErrorReply, Request, Response};
 use crate::conn::peer::Peer;
 use crate::lease::id::LeaseId;
 use crate::lease::table::{Daemon, LeaseRecord};
+use release::End;
 
 /// The state of one connection. Dropping it (the peer left, an early
 /// return, a panic in a request) releases every live lease it holds —
@@ -63,7 +64,13 @@ impl Session {
             Request::Allocate { name, owner, limit } => {
                 Box::pin(self.allocate(name, owner, limit)).await
             }
-            Request::Release { id, keep } => Box::pin(self.release(&id, keep)).await,
+            Request::Release { id, keep } => {
+                let end = if keep { End::KeepForPeer } else { End::Delete };
+                Box::pin(self.release(&id, end)).await
+            }
+            Request::KeepFor { id, owner } => {
+                Box::pin(self.release(&id, End::KeepFor(owner))).await
+            }
             Request::List { all, size } => Box::pin(self.list(all, size)).await,
             Request::Status => self.status(),
             Request::Remove { id } => self.remove(&id),

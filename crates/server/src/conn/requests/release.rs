@@ -1,4 +1,4 @@
-use builddir_proto::{ErrorKind, LeaseState, Released, Response};
+use builddir_proto::{ErrorKind, LeaseState, Owner, Released, Response};
 
 use builddir_proto::ErrorReply;
 
@@ -6,11 +6,35 @@ use super::{error, refusal, Reply, Session};
 use crate::lease::end::{Ender, NotHandedOver};
 use crate::lease::id::LeaseId;
 
+/// How a release ends its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// The tree is deleted.
+    Delete,
+    /// The tree is kept and handed over to the requesting peer.
+    KeepForPeer,
+    /// The tree is kept and handed over to `Owner` (root or an owner grant).
+    KeepFor(Owner),
+}
+
 impl Session {
-    pub(super) async fn release(&mut self, id: &str, keep: bool) -> Reply {
+    pub(super) async fn release(&mut self, id: &str, end: End) -> Reply {
         let record = match self.authorized(id) {
             Ok(r) => r,
             Err(e) => return refusal(e),
+        };
+        let keep_for = match end {
+            End::Delete => None,
+            End::KeepForPeer => Some(Owner {
+                uid: self.peer.uid,
+                gid: self.peer.gid,
+            }),
+            End::KeepFor(owner) => {
+                if let Err(e) = self.may_keep_for(owner) {
+                    return refusal(e);
+                }
+                Some(owner)
+            }
         };
         if record.state() != LeaseState::Live {
             return error(
@@ -20,10 +44,9 @@ impl Session {
         }
         // Asked before the tree moves: the answer comes from the live lease.
         let limit_reached = super::limit::reached(&self.daemon, &record);
-        let result = if keep {
-            self.keep(record.id).await
-        } else {
-            self.end_lease(record.id, "release").map(|()| None)
+        let result = match keep_for {
+            Some(to) => self.keep(record.id, to).await,
+            None => self.end_lease(record.id, "release").map(|()| None),
         };
         match result {
             Ok(kept_path) => (
@@ -100,12 +123,43 @@ impl Session {
         crate::lease::end::release(&self.daemon, id, self.ender(why))
     }
 
-    /// Keeps a live lease for this peer; returns the kept path. A tree kept
+    /// Checks that this peer may hand a kept tree to `owner`: itself, or
+    /// anyone it could allocate for (root, an owner grant). Handing a tree
+    /// to a uid makes files that uid owns, so it takes the same right as
+    /// making a directory that uid owns.
+    fn may_keep_for(&self, owner: Owner) -> Result<(), ErrorReply> {
+        let peer = &self.peer;
+        if owner.uid == peer.uid && owner.gid == peer.gid {
+            return Ok(());
+        }
+        let granted = self.daemon.policy.may_assign(peer, owner.uid, owner.gid);
+        tracing::info!(
+            uid = peer.uid,
+            pid = peer.pid,
+            owner_uid = owner.uid,
+            owner_gid = owner.gid,
+            granted,
+            "keep-for decision"
+        );
+        if granted {
+            Ok(())
+        } else {
+            Err(ErrorReply::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "uid {} may not keep a tree for {}:{}; keep it for yourself or add an owner_grants entry",
+                    peer.uid, owner.uid, owner.gid
+                ),
+            ))
+        }
+    }
+
+    /// Keeps a live lease for `to`; returns the kept path. A tree kept
     /// but not handed over is an error that says where it is and why.
-    async fn keep(&mut self, id: LeaseId) -> Result<Option<String>, ErrorReply> {
+    async fn keep(&mut self, id: LeaseId, to: Owner) -> Result<Option<String>, ErrorReply> {
         let daemon = self.daemon.clone();
-        let (uid, gid) = (self.peer.uid, self.peer.gid);
-        let kept = crate::lease::end::keep(&daemon, id, self.ender("release"), uid, gid).await?;
+        let kept =
+            crate::lease::end::keep(&daemon, id, self.ender("release"), to.uid, to.gid).await?;
         let path = kept.path.display().to_string();
         match kept.not_handed_over {
             None => Ok(Some(path)),
@@ -130,7 +184,7 @@ impl Session {
             }
             Some(why) => Err(ErrorReply::new(
                 ErrorKind::Internal,
-                format!("the tree is kept at {path} but not handed over to you: {why}; the daemon retries at its next start"),
+                format!("the tree is kept at {path} but not handed over to uid {}: {why}; the daemon retries at its next start", to.uid),
             )),
         }
     }
