@@ -1261,3 +1261,193 @@ fn sigterm_during_the_reap_of_a_huge_tree_stops_the_daemon_promptly_and_the_rest
     );
     canary.assert_intact("stop-mid-reap");
 }
+
+/// One hand-over event in the daemon's log: its uid, and for a start the
+/// number running then (itself included).
+#[derive(Debug, Clone, Copy)]
+enum HandOverEvent {
+    Started { uid: u32, running: u64 },
+    Walked { uid: u32 },
+}
+
+/// The hand-over events in `log`, in order.
+fn hand_over_events(log: &str) -> Vec<HandOverEvent> {
+    let field = |line: &str, key: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
+    log.lines()
+        .filter_map(|l| {
+            let uid = u32::try_from(field(l, "uid")?).ok()?;
+            if l.contains("kept tree hand-over started") {
+                Some(HandOverEvent::Started {
+                    uid,
+                    running: field(l, "running")?,
+                })
+            } else if l.contains("kept tree hand-over walked") {
+                Some(HandOverEvent::Walked { uid })
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// `builddird_hand_overs_running` now, read from `builddir-ctl metrics`.
+fn hand_overs_gauge(socket: &std::path::Path) -> Option<u64> {
+    let out = Command::new(builddir_tests::bin("builddir-ctl"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("metrics")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.strip_prefix("builddird_hand_overs_running ")?
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn keep_flood_from_many_uids_runs_at_most_the_cap_of_hand_overs_and_stalls_no_other_user() {
+    if !require_root("keep_flood_from_many_uids") {
+        return;
+    }
+    const CAP: u64 = 4; // the default `hand_over_concurrency`
+    const UIDS: u32 = 8;
+    const KEEPS_PER_UID: usize = 2;
+    const KEEPS: usize = UIDS as usize * KEEPS_PER_UID;
+    // Every hand-over lasts 1.5 s at least (a failpoint sleeps in it, on
+    // its blocking thread), so without a cap all eight uids' first
+    // hand-overs would run at once.
+    let d = Daemon::start_with(
+        "keep-flood",
+        DaemonOpts {
+            env: vec![(
+                "BUILDDIR_FAILPOINT".into(),
+                "keep:before-hand-over@*=sleep-ms:1500".into(),
+            )],
+            ..Default::default()
+        },
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, socket) = (stop.clone(), d.socket.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(hand_overs_gauge(&socket).unwrap_or(0));
+            }
+            most
+        })
+    };
+    let keepers: Vec<(u32, Child)> = (0..UIDS)
+        .flat_map(|i| std::iter::repeat_n(61_101 + i, KEEPS_PER_UID))
+        .map(|uid| {
+            let child = d
+                .ctl_cmd(&["run", "--keep-failed", "--", "false"])
+                .uid(uid)
+                .gid(uid)
+                .current_dir("/")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (uid, child)
+        })
+        .collect();
+    let started = |d: &Daemon| {
+        hand_over_events(&d.log_text())
+            .iter()
+            .filter(|e| matches!(e, HandOverEvent::Started { .. }))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || started(&d) >= CAP as usize),
+        "the hand-overs did not start:\n{}",
+        d.log_text()
+    );
+    // Meanwhile another user allocates, promptly: allocations need no
+    // hand-over place and no blocking thread the hand-overs hold.
+    let t0 = Instant::now();
+    let bystander = Probe::start(
+        &d.socket,
+        Ident {
+            uid: 61_120,
+            gid: 61_120,
+        },
+        "bystander",
+    );
+    let took = t0.elapsed();
+    assert_eq!(bystander.report["exec_ok"], true, "{}", bystander.report);
+    let walked = |d: &Daemon| {
+        hand_over_events(&d.log_text())
+            .iter()
+            .filter(|e| matches!(e, HandOverEvent::Walked { .. }))
+            .count()
+    };
+    assert!(
+        walked(&d) < KEEPS,
+        "every hand-over was over before the bystander was answered: not meanwhile"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "another user's allocation took {took:?} during the keep flood"
+    );
+    assert!(bystander.finish().success());
+    for (uid, mut child) in keepers {
+        let status = builddir_tests::wait_timeout(&mut child, Duration::from_secs(120))
+            .expect("a keep was answered");
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        // `false`'s own status, and the tree kept.
+        assert_eq!(status.code(), Some(1), "uid {uid}: {err}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most_sampled = sampler.join().unwrap();
+    let kept = d
+        .list_all()
+        .into_iter()
+        .filter(|r| r["state"] == "kept")
+        .count();
+    assert_eq!(kept, KEEPS, "{}", d.log_text());
+
+    let events = hand_over_events(&d.log_text());
+    let most = events
+        .iter()
+        .filter_map(|e| match e {
+            HandOverEvent::Started { running, .. } => Some(*running),
+            HandOverEvent::Walked { .. } => None,
+        })
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "hand-overs at once: at most {most} (log), {most_sampled} (gauge samples); cap {CAP}"
+    );
+    assert!(
+        most <= CAP && most_sampled <= CAP,
+        "{most} hand-overs ran at once (gauge: {most_sampled}), past the cap of {CAP}"
+    );
+    assert_eq!(
+        most, CAP,
+        "the flood never filled the cap: the test proves nothing"
+    );
+    // Each uid's hand-overs one after the other: started, walked, started…
+    for uid in 61_101..61_101 + UIDS {
+        let mine: Vec<bool> = events
+            .iter()
+            .filter_map(|e| match *e {
+                HandOverEvent::Started { uid: u, .. } if u == uid => Some(true),
+                HandOverEvent::Walked { uid: u } if u == uid => Some(false),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            mine,
+            [true, false].repeat(KEEPS_PER_UID),
+            "uid {uid}'s hand-overs overlapped"
+        );
+    }
+    assert_eq!(hand_overs_gauge(&d.socket), Some(0), "the gauge went back");
+}

@@ -470,3 +470,206 @@ fn mounts_at(p: &std::path::Path) -> usize {
         .filter(|l| l.split(' ').nth(4) == Some(&*p))
         .count()
 }
+
+/// Runs `cmd`, panicking with its output if it fails: a missing privileged
+/// prerequisite (mount, loop devices, mkfs.ext4) fails the test loudly.
+fn must(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+/// Mounts `source` (a loop image or a pseudo filesystem) on `root` as an
+/// external root: `nosuid,nodev` plus `extra` options, private. `Err`: the
+/// mount's stderr.
+fn mount_root(
+    root: &std::path::Path,
+    fstype: &str,
+    source: &str,
+    extra: &str,
+) -> Result<(), String> {
+    let out = Command::new("mount")
+        .args(["-t", fstype, "-o", &format!("nosuid,nodev{extra}"), source])
+        .arg(root)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    must(Command::new("mount").arg("--make-private").arg(root));
+    Ok(())
+}
+
+/// An ext4 image in a tmpfs of its own (the host disk never sees mkfs's
+/// writes), ready to be mounted with `-o loop`.
+fn ext4_image(d: &Daemon) -> String {
+    let disk = d.scratch.dir.join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    must(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=80m", "builddird-test-disk"])
+            .arg(&disk),
+    );
+    let image = disk.join("ext4.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    must(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+    image.to_string_lossy().into_owned()
+}
+
+/// A daemon for an external root that the test mounts itself.
+fn external_daemon(tag: &str) -> Daemon {
+    let d = Daemon::prepare(
+        tag,
+        DaemonOpts {
+            backing: "external",
+            ..Default::default()
+        },
+    );
+    std::fs::create_dir(&d.root).unwrap();
+    d
+}
+
+/// The `acl` lines of `builddird --check` and of `builddir-ctl check` for
+/// `d`'s root, which must be the same words; with each tool's success.
+fn acl_check_lines(d: &Daemon) -> (String, bool, bool) {
+    let daemon_check = d.command().arg("--check").output().unwrap();
+    let config = d.scratch.dir.join("ctl-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "root = {:?}\nsocket = {:?}\nbacking = \"external\"\n",
+            d.root, d.socket
+        ),
+    )
+    .unwrap();
+    let ctl_check = Command::new(bin("builddir-ctl"))
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let acl_line = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("acl"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no acl line in:\n{text}\n{out:?}"))
+    };
+    let line = acl_line(&daemon_check);
+    assert_eq!(
+        acl_line(&ctl_check),
+        line,
+        "builddir-ctl check and builddird --check say it in different words"
+    );
+    (
+        line,
+        daemon_check.status.success(),
+        ctl_check.status.success(),
+    )
+}
+
+/// Asserts that `d` refuses to start on its root, which has no POSIX ACLs
+/// (`fstype`), in one line naming the cause and the fix; that both checks
+/// say so; and that the probe left nothing behind.
+fn assert_refused_for_lack_of_acls(d: &Daemon, fstype: &str) {
+    let mut child = d
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(20))
+        .expect("builddird must exit, not serve a root without ACLs");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "it started on {fstype}: {err}");
+    let cause = format!(
+        "the build root {} is on a filesystem without POSIX ACLs ({fstype}: setting an ACL fails with EOPNOTSUPP)",
+        d.root.display()
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("POSIX ACL")).collect();
+    assert_eq!(lines.len(), 1, "one line, cause and fix: {err}");
+    assert!(
+        lines[0].starts_with("builddird: ")
+            && lines[0].contains(&cause)
+            && lines[0].contains("ext4, XFS or btrfs with ACLs"),
+        "{err}"
+    );
+    assert!(
+        err.trim().lines().last() == Some(lines[0]),
+        "the refusal is the last word: {err}"
+    );
+    // The probe's scratch directory is gone (and no lease was made).
+    assert_eq!(d.entries("trash"), Vec::<String>::new());
+    assert_eq!(d.entries("b"), Vec::<String>::new());
+
+    let (line, daemon_ok, ctl_ok) = acl_check_lines(d);
+    assert!(!daemon_ok && !ctl_ok, "a check passed: {line}");
+    assert!(
+        line.starts_with("FAIL  acl") && line.contains(&cause) && line.contains("— fix: "),
+        "{line}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&d.root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".acl-probe"))
+        .collect();
+    assert!(leftovers.is_empty(), "the checks left {leftovers:?}");
+}
+
+/// Asserts that `d` starts and serves on its root (which has ACLs), and
+/// that both checks say the root holds them.
+fn assert_serves_with_acls(d: &mut Daemon, fstype: &str) {
+    d.spawn();
+    let out = d.ctl(&["run", "--", "sh", "-c", "echo hi > f && cat f"]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log_text());
+    let (line, daemon_ok, _) = acl_check_lines(d);
+    assert!(daemon_ok, "{line}");
+    assert_eq!(
+        line,
+        format!(
+            "ok    acl      {} holds POSIX ACLs ({fstype}), as every lease's directory needs",
+            d.root.display()
+        )
+    );
+    assert!(d.terminate().success());
+}
+
+#[test]
+fn refuses_a_root_without_posix_acls_in_one_line_and_both_checks_say_so() {
+    let test = "refuses_a_root_without_posix_acls_in_one_line_and_both_checks_say_so";
+    if !require_root(test) {
+        return;
+    }
+    // ramfs has no extended attributes at all, so no ACLs: on every kernel.
+    let d = external_daemon("noacl-ramfs");
+    mount_root(&d.root, "ramfs", "builddird-test-ramfs", ",mode=0755").unwrap();
+    assert_refused_for_lack_of_acls(&d, "ramfs");
+
+    // The control: ext4 with ACLs (its default) serves, and checks pass.
+    let mut d = external_daemon("acl-ext4");
+    let image = ext4_image(&d);
+    mount_root(&d.root, "ext4", &image, ",loop").unwrap();
+    assert_serves_with_acls(&mut d, "ext4");
+
+    // ext4 mounted `noacl`, where the kernel still accepts the option
+    // (recent ones refuse it: ext4 there always has ACLs).
+    builddir_tests::unmount_below(&d.root);
+    match mount_root(&d.root, "ext4", &image, ",loop,noacl") {
+        Ok(()) => {
+            assert_refused_for_lack_of_acls(&d, "ext4");
+            // The fix the line names works.
+            must(Command::new("mount")
+                .args(["-o", "remount,acl"])
+                .arg(&d.root));
+            assert_serves_with_acls(&mut d, "ext4");
+        }
+        Err(why) => eprintln!(
+            "SKIPPED: {test}: its ext4 -o noacl case: this kernel refuses the option ({}); the ramfs case above covers a root without ACLs",
+            why.replace('\n', " ")
+        ),
+    }
+}

@@ -157,6 +157,18 @@ pub fn root(config: &Config, when: When) -> Vec<Finding> {
                     config.backing.as_str()
                 ),
             ));
+            // A bind mount of root onto itself keeps its filesystem, which
+            // can be probed now (a tmpfs to come cannot).
+            if config.backing == Backing::Bind {
+                match rustix::fs::open(root, crate::paths::DIR_OPEN, rustix::fs::Mode::empty()) {
+                    Ok(fd) => out.push(acl(fd.as_fd(), root, &mount::fstype_of(&fd))),
+                    Err(e) => out.push(Finding::problem(
+                        "acl",
+                        format!("cannot open {shown}: {e}"),
+                        "run the check as root".into(),
+                    )),
+                }
+            }
             return out;
         }
         Ok(false) if config.backing != Backing::External => {
@@ -196,8 +208,26 @@ pub fn root(config: &Config, when: When) -> Vec<Finding> {
             verified.fstype
         ),
     ));
+    out.push(acl(verified.fd.as_fd(), root, &verified.fstype));
     out.push(quota(config, &verified));
     out
+}
+
+/// Whether the root's filesystem holds the POSIX ACL every lease's outer
+/// directory gets: the probe the daemon runs before it serves (an ACL on a
+/// scratch directory made in `dir` and removed at once), so the check and
+/// the daemon's refusal say the same thing in the same words.
+fn acl(dir: std::os::fd::BorrowedFd<'_>, root: &Path, fstype: &str) -> Finding {
+    match crate::acl::probe(dir, root, fstype) {
+        Ok(()) => Finding::ok(
+            "acl",
+            format!(
+                "{} holds POSIX ACLs ({fstype}), as every lease's directory needs",
+                root.display()
+            ),
+        ),
+        Err(e) => Finding::from_error("acl", &e, "run the check as root"),
+    }
 }
 
 /// Whether the root's filesystem enforces project quotas, as the lease

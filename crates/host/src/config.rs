@@ -90,6 +90,9 @@ pub struct Config {
     pub max_leases_per_uid: usize,
     /// Trees deleted in parallel in the background.
     pub reap_concurrency: usize,
+    /// Kept trees handed over (walked and chowned) at once, all requesters
+    /// together; each requester's own keeps go one at a time.
+    pub hand_over_concurrency: usize,
     /// Users (names or uids) allowed to connect; `"*"` means everyone.
     /// Root and operators are always allowed.
     pub allowed_users: Vec<String>,
@@ -172,6 +175,7 @@ impl Default for Config {
             max_leases: 16384,
             max_leases_per_uid: 1024,
             reap_concurrency: 2,
+            hand_over_concurrency: 4,
             allowed_users: vec!["*".to_owned()],
             allowed_groups: Vec::new(),
             operator_group: String::new(),
@@ -262,6 +266,7 @@ impl Config {
             ("max_leases", self.max_leases),
             ("max_leases_per_uid", self.max_leases_per_uid),
             ("reap_concurrency", self.reap_concurrency),
+            ("hand_over_concurrency", self.hand_over_concurrency),
         ] {
             if value == 0 {
                 return Err(ConfigError::Value(format!("{key} = 0: must be at least 1")));

@@ -1,10 +1,12 @@
 //! Facts about a builddird host, shared by the daemon and `builddir-ctl`:
 //! the configuration, the access policy, user and group lookups, the mount
 //! and its verification, whether the filesystem enforces project quotas,
-//! the on-disk lease record, and the host check both tools run (so
+//! whether the root can hold the leases' POSIX ACLs, the on-disk lease
+//! record, and the host check both tools run (so
 //! `builddird --check` and `builddir-ctl check` say the same thing in the
 //! same words).
 
+pub mod acl;
 pub mod check;
 pub mod config;
 pub mod id;

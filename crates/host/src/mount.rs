@@ -285,6 +285,15 @@ fn mountinfo_line(mount_id: u64) -> std::io::Result<Option<String>> {
         .map(str::to_owned))
 }
 
+/// The filesystem type of the mount that `fd` lives on ("" if unknown).
+pub fn fstype_of(fd: impl AsFd) -> String {
+    statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
+        .ok()
+        .and_then(|st| mountinfo_line(st.stx_mnt_id).ok().flatten())
+        .map(|line| parse_mountinfo(&line).1)
+        .unwrap_or_default()
+}
+
 /// Returns true if and only if mount `mount_id` has `source` as its
 /// source (the field after the filesystem type in mountinfo).
 pub fn mount_source_is(mount_id: u64, source: &str) -> bool {

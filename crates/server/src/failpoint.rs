@@ -1,6 +1,6 @@
 //! Fault points for the integration tests: with the `failpoints` feature,
 //! `BUILDDIR_FAILPOINT=<name>[@<n>][=<action>]` acts the n-th time (default:
-//! first) the daemon reaches [`hit`]`(<name>)`. Actions:
+//! first; `@*`: every time) the daemon reaches [`hit`]`(<name>)`. Actions:
 //!
 //! - `kill` (the default): SIGKILL the daemon, for the restart tests;
 //! - `panic`: panic in the calling thread, to test that a failed task is
@@ -20,7 +20,8 @@ enum Action {
 }
 
 /// Splits `<name>[@<n>][=<action>]`; `None` for an action it does not know
-/// (a typo then fires nothing rather than killing by surprise).
+/// (a typo then fires nothing rather than killing by surprise). The count
+/// 0 (`@*`) means every hit.
 #[cfg(feature = "failpoints")]
 fn parse(spec: &str) -> Option<(&str, u32, Action)> {
     let (point, action) = match spec.split_once('=') {
@@ -32,9 +33,9 @@ fn parse(spec: &str) -> Option<(&str, u32, Action)> {
             (p, Action::Sleep(std::time::Duration::from_millis(ms)))
         }
     };
-    let (point, nth) = point
-        .split_once('@')
-        .map_or((point, 1), |(p, n)| (p, n.parse().unwrap_or(1)));
+    let (point, nth) = point.split_once('@').map_or((point, 1), |(p, n)| {
+        (p, if n == "*" { 0 } else { n.parse().unwrap_or(1) })
+    });
     Some((point, nth, action))
 }
 
@@ -49,7 +50,11 @@ pub fn hit(name: &str) {
     let Some((point, nth, action)) = parse(&spec) else {
         return;
     };
-    if point != name || HITS.fetch_add(1, Ordering::Relaxed) + 1 != nth {
+    if point != name {
+        return;
+    }
+    let hit = HITS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    if nth != 0 && hit != nth {
         return;
     }
     tracing::warn!(failpoint = name, ?action, "failpoint hit");
@@ -88,6 +93,10 @@ mod tests {
         assert_eq!(
             parse("a:b=sleep-ms:1500"),
             Some(("a:b", 1, Action::Sleep(Duration::from_millis(1500))))
+        );
+        assert_eq!(
+            parse("a:b@*=sleep-ms:10"),
+            Some(("a:b", 0, Action::Sleep(Duration::from_millis(10))))
         );
         assert_eq!(parse("a:b=sleep-ms:x"), None);
         assert_eq!(parse("a:b=explode"), None);

@@ -139,6 +139,9 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
     let root = mount::verify(&config.root)?;
     let layout = Layout::open(root)?;
     recover::lock_root(&layout).map_err(anyhow::Error::msg)?;
+    // Every lease's outer directory needs a POSIX ACL: refuse a root that
+    // cannot hold one now, rather than fail every allocation later.
+    builddir_server::lease::outer::require_acls(&layout)?;
     let backend = Backend::decide(&config, &layout).map_err(anyhow::Error::msg)?;
     let std_listener = listener
         .listener

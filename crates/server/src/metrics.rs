@@ -68,6 +68,12 @@ pub fn render(daemon: &Daemon) -> String {
         &[(String::new(), daemon.connection_count())],
     );
     family(
+        "builddird_hand_overs_running",
+        "gauge",
+        "Kept trees being handed over now (at most hand_over_concurrency).",
+        &[(String::new(), daemon.hand_overs.running())],
+    );
+    family(
         "builddird_reaped_trees",
         "counter",
         "Trees fully deleted.",

@@ -99,6 +99,8 @@ pub struct Daemon {
     pub reclaim_failures: crate::conn::failures::FailureWindows,
     /// Places for size walks (a bounded pool with a per-uid share).
     pub walks: crate::lease::walks::WalkPool,
+    /// Places for kept-tree hand-overs (one per uid, a global cap).
+    pub hand_overs: crate::lease::hand_overs::HandOverPool,
     /// The total memory of tmpfs leases.
     pub tmpfs_budget: crate::backend::tmpfs_budget::TmpfsBudget,
 }
@@ -106,6 +108,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(config: Config, layout: Layout, policy: Policy, backend: Backend) -> Daemon {
         let config_reap = config.reap_concurrency;
+        let hand_overs = config.hand_over_concurrency;
         let tmpfs_total = config.tmpfs_leases_max_total;
         Daemon {
             config,
@@ -126,6 +129,7 @@ impl Daemon {
                 RECLAIM_FAILURES_PER_MINUTE,
             ),
             walks: crate::lease::walks::WalkPool::default(),
+            hand_overs: crate::lease::hand_overs::HandOverPool::new(hand_overs),
             tmpfs_budget: crate::backend::tmpfs_budget::TmpfsBudget::new(tmpfs_total),
         }
     }

@@ -145,20 +145,30 @@ pub async fn keep(
     let path = layout.kept_path(id);
     tracing::info!(lease_id = %id, uid = by.uid, pid = by.pid, path = %path.display(), why = by.why, "kept");
     let d = daemon.clone();
-    // One hand-over at a time per requester: its many keeps queue behind
-    // each other, never in front of another user's.
-    let place = daemon.walks.hand_over_place(to_uid).await;
-    let done = tokio::task::spawn_blocking(move || {
-        let done = finish_hand_over(&d, id, meta);
-        drop(place);
-        done
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(NotHandedOver::Failed(format!(
-            "the hand-over task failed: {e}"
-        )))
-    });
+    // One hand-over at a time per requester (its many keeps queue behind
+    // each other, never in front of another user's), and at most
+    // `hand_over_concurrency` over all requesters, so many users keeping
+    // at once cannot take every blocking thread and fd.
+    let done = match daemon.hand_overs.place(to_uid).await {
+        Some(place) => tokio::task::spawn_blocking(move || {
+            let running = place.start();
+            tracing::debug!(lease_id = %id, uid = to_uid, running = running.at_start, "kept tree hand-over started");
+            let done = finish_hand_over(&d, id, meta);
+            drop((running, place));
+            done
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(NotHandedOver::Failed(format!(
+                "the hand-over task failed: {e}"
+            )))
+        }),
+        // Never without a place (the cap would not hold): the tree stays
+        // kept, the build's, and the next start hands it over.
+        None => Err(NotHandedOver::Failed(
+            "no hand-over place could be taken; the next start hands the tree over".into(),
+        )),
+    };
     let kept_at = SystemTime::now();
     let not_handed_over = match done {
         Ok(bytes) => {

@@ -7,6 +7,7 @@ pub mod create;
 pub mod daemon;
 pub mod end;
 pub mod hand_over;
+pub mod hand_overs;
 pub mod id;
 pub mod outer;
 pub mod reaper;

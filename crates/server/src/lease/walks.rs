@@ -10,9 +10,9 @@
 //! without sizes (unknown) at once. It waits, for a bounded time, only for
 //! its own uid's earlier walks.
 //!
-//! Hand-overs (a keep) are not refused for a full pool: each requesting uid
-//! runs one at a time ([`WalkPool::hand_over_place`]), so one uid's many
-//! keeps queue behind each other, never in front of another user's.
+//! Hand-overs (a keep) are not refused for a full pool: they have places of
+//! their own ([`crate::lease::hand_overs`]), one at a time per uid and a
+//! global cap.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,6 @@ pub const WALKS_PER_UID: usize = 1;
 pub struct WalkPool {
     total: Arc<Semaphore>,
     per_uid: Mutex<HashMap<u32, Arc<Semaphore>>>,
-    hand_overs: Mutex<HashMap<u32, Arc<Semaphore>>>,
 }
 
 impl Default for WalkPool {
@@ -38,17 +37,25 @@ impl Default for WalkPool {
         WalkPool {
             total: Arc::new(Semaphore::new(WALKS_TOTAL)),
             per_uid: Mutex::new(HashMap::new()),
-            hand_overs: Mutex::new(HashMap::new()),
         }
     }
 }
 
 /// The semaphore of `uid` in `map`, created with `permits` places.
-fn share_of(map: &Mutex<HashMap<u32, Arc<Semaphore>>>, uid: u32, permits: usize) -> Arc<Semaphore> {
+pub(crate) fn share_of(
+    map: &Mutex<HashMap<u32, Arc<Semaphore>>>,
+    uid: u32,
+    permits: usize,
+) -> Arc<Semaphore> {
     let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-    // Drop idle uids' semaphores so the map stays small.
+    // Drop idle uids' semaphores so the map stays small. Idle means no one
+    // else holds it: not a permit (which holds a clone), and not a task
+    // waiting for one or about to wait (clones are made only here, under
+    // this lock). Free permits alone would not do: a uid whose semaphore
+    // was replaced while one of its tasks was about to acquire it would
+    // get a second place at once.
     if map.len() > 1024 {
-        map.retain(|_, s| s.available_permits() < permits);
+        map.retain(|_, s| Arc::strong_count(s) > 1);
     }
     map.entry(uid)
         .or_insert_with(|| Arc::new(Semaphore::new(permits)))
@@ -77,15 +84,6 @@ impl WalkPool {
             _mine: mine,
             _total: total,
         })
-    }
-
-    /// A place for one hand-over requested by `uid`: waits for `uid`'s own
-    /// earlier hand-over only. Held until the hand-over ends.
-    pub async fn hand_over_place(&self, uid: u32) -> Option<OwnedSemaphorePermit> {
-        share_of(&self.hand_overs, uid, 1)
-            .acquire_owned()
-            .await
-            .ok()
     }
 
     /// Runs the blocking `walk` in a place for `uid`. `Err(NoPlace)` at
@@ -146,19 +144,18 @@ mod tests {
         assert!(pool.place(99, Duration::ZERO).await.is_some());
     }
 
-    #[tokio::test]
-    async fn hand_overs_queue_per_uid_only() {
-        let pool = WalkPool::default();
-        let first = pool.hand_over_place(1).await.expect("a place");
-        let second = tokio::time::timeout(Duration::from_millis(20), pool.hand_over_place(1));
-        assert!(
-            second.await.is_err(),
-            "the same uid's second hand-over waits"
-        );
-        // However many uid 1 has queued, another uid goes at once.
-        let other = tokio::time::timeout(Duration::from_millis(500), pool.hand_over_place(2));
-        assert!(other.await.expect("not queued").is_some());
-        drop(first);
-        assert!(pool.hand_over_place(1).await.is_some());
+    #[test]
+    fn pruning_idle_uids_keeps_every_semaphore_in_use() {
+        let map = Mutex::new(HashMap::new());
+        let held = share_of(&map, 7, 1).try_acquire_owned().expect("free");
+        let waiting = share_of(&map, 8, 1);
+        for uid in 1000..2100 {
+            drop(share_of(&map, uid, 1));
+        }
+        assert!(map.lock().unwrap().len() < 1100, "idle uids pruned");
+        // Uid 7's place is still taken, uid 8's waiter still has its own.
+        assert!(share_of(&map, 7, 1).try_acquire_owned().is_err());
+        assert!(Arc::ptr_eq(&share_of(&map, 8, 1), &waiting));
+        drop(held);
     }
 }
