@@ -147,4 +147,17 @@ in
   tmpfiles = cfg.systemd.tmpfiles.rules;
   packages = map (p: p.name) cfg.environment.systemPackages;
   execStart = svc.serviceConfig.ExecStart;
+  nixSettings = cfg.nix.settings;
+  # What the module adds to nix-daemon.service (null: nothing).
+  nixDaemon =
+    let
+      d = cfg.systemd.services.nix-daemon or null;
+    in
+    if d == null then
+      null
+    else
+      {
+        wants = d.wants or [ ];
+        after = d.after or [ ];
+      };
 }

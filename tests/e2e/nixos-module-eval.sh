@@ -71,6 +71,20 @@ else
     diag < "$tmp/full.json.err"; not_ok "module evaluates with every option set"
 fi
 
+# nixDaemon.enable: off by default (nix.conf untouched); on, the Nix daemon's
+# build-dir-helper setting names the socket and nix-daemon is ordered after it.
+got=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps([d["nixSettings"], d["nixDaemon"]]))' "$tmp/default.json")
+[ "$got" = '[{}, null]' ] && ok "nixDaemon.enable defaults to off: nix.settings and nix-daemon untouched" \
+    || { echo "#   got: $got"; not_ok "nixDaemon.enable defaults to off: nix.settings and nix-daemon untouched"; }
+if ev "$tmp/nix.json" --arg extraConfig '{ nixDaemon.enable = true; }'; then
+    got=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps([d["nixSettings"], d["nixDaemon"]], sort_keys=True))' "$tmp/nix.json")
+    want='[{"build-dir-helper": "/run/builddird.sock"}, {"after": ["builddird.socket"], "wants": ["builddird.socket"]}]'
+    [ "$got" = "$want" ] && ok "nixDaemon.enable = true: nix.settings.build-dir-helper = /run/builddird.sock, nix-daemon wants and is after builddird.socket" \
+        || { echo "#   got:  $got"; echo "#   want: $want"; not_ok "nixDaemon.enable = true wires nix.settings and nix-daemon"; }
+else
+    diag < "$tmp/nix.json.err"; not_ok "module evaluates with nixDaemon.enable = true"
+fi
+
 if ev "$tmp/bad.json" --arg settings '{ backing = "nfs"; }'; then
     not_ok "backing = \"nfs\" is rejected at evaluation"
 else
