@@ -1193,11 +1193,7 @@ fn a_tmpfs_lease_held_open_after_release_stays_counted_until_its_tmpfs_is_gone()
         (&serde_json::json!(1), &serde_json::json!(0)),
         "{held}"
     );
-    assert!(
-        d.entries("trash").is_empty(),
-        "detaching, yet its tree is still in trash: {:?}",
-        d.entries("trash")
-    );
+    assert_held_in_trash(&d, &id);
     let refused = Probe::start(&d.socket, USER_A, "next");
     assert_eq!(
         refused.report["kind"], "quota-exceeded",
@@ -1220,9 +1216,286 @@ fn a_tmpfs_lease_held_open_after_release_stays_counted_until_its_tmpfs_is_gone()
         d.log_text()
     );
     assert_eq!(status_json(&d)["leases"]["detaching"], 0);
+    assert_nothing_held_left(&d);
     let again = Probe::start(&d.socket, USER_A, "again");
     assert_eq!(again.report["exec_ok"], true, "{}", again.report);
     canary.assert_intact("tmpfs-held");
+}
+
+/// A held lease tmpfs as it must be: still mounted in trash beside its
+/// record (what a restarted daemon finds), the tree inside deleted, its
+/// root closed (root's, mode 0000).
+fn assert_held_in_trash(d: &Daemon, id: &str) {
+    let outer = d.root.join("trash").join(id);
+    let build = outer.join("build");
+    assert!(
+        outer.join("lease.json").exists(),
+        "no record beside the held tmpfs: {:?}",
+        d.entries("trash")
+    );
+    assert!(
+        builddir_tests::unmount_below_exists(&build),
+        "the held tmpfs is not mounted in trash\n{}",
+        d.log_text()
+    );
+    let left: Vec<_> = std::fs::read_dir(&build).unwrap().collect();
+    assert!(left.is_empty(), "its tree is not deleted: {left:?}");
+    let m = std::fs::metadata(&build).unwrap();
+    assert_eq!(
+        (m.uid(), m.mode() & 0o7777),
+        (0, 0),
+        "its root is not closed"
+    );
+}
+
+/// No lease tmpfs left mounted in trash, and trash empty.
+fn assert_nothing_held_left(d: &Daemon) {
+    assert!(
+        eventually(Duration::from_secs(5), || d.entries("trash").is_empty()),
+        "trash not empty: {:?}",
+        d.entries("trash")
+    );
+    assert!(
+        !builddir_tests::unmount_below_exists(&d.root.join("trash")),
+        "a lease tmpfs is still mounted in trash"
+    );
+}
+
+/// How often the daemon checks a held tmpfs (`lease::detaching::CHECK_EVERY`).
+const HELD_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_tmpfs_lease_held_across_a_daemon_restart_stays_listed_and_counted_until_its_holder_exits() {
+    if !require_root("tmpfs_held_across_restart") {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    // One 8 MiB lease fits under the 12 MiB total; a second does not.
+    let mut d = Daemon::start_with(
+        "tmpfs-held-restart",
+        DaemonOpts {
+            config: Some(format!(
+                "lease_backend = \"tmpfs\"\nlease_size_default = {}\nmax_leases_per_uid = 1\ntmpfs_leases_max_total = {}\n",
+                8 * MIB,
+                12 * MIB
+            )),
+            ..Default::default()
+        },
+    );
+    let canary = Canary::new(&d);
+    // The build keeps a file open in its tmpfs after the release, until
+    // it is killed below (it would hold it for 10 minutes).
+    let mut attack = Attack::start(&d, &canary, USER_A, "pin", 0, 600.0);
+    let id = attack.id.clone();
+    attack.go();
+    let state_of = |d: &Daemon| {
+        d.list_all()
+            .into_iter()
+            .find(|r| r["id"] == id.as_str())
+            .map(|r| r["state"].as_str().unwrap_or("?").to_owned())
+    };
+    assert!(
+        eventually(Duration::from_secs(4), || state_of(&d).as_deref()
+            == Some("detaching")),
+        "a tmpfs lease held open is not listed as detaching: {:?}\n{}",
+        state_of(&d),
+        d.log_text()
+    );
+    assert_held_in_trash(&d, &id);
+    // A restart: the held tmpfs is in no table of the daemon's memory any
+    // more, only in trash, mounted beside its record.
+    d.terminate();
+    assert!(
+        d.root_is_mounted(),
+        "the root was unmounted under a held lease tmpfs\n{}",
+        d.log_text()
+    );
+    assert_held_in_trash(&d, &id);
+    d.spawn();
+    // Listed as detaching from the start, counted in `status`...
+    assert_eq!(
+        state_of(&d).as_deref(),
+        Some("detaching"),
+        "a held tmpfs lease forgotten by the restart\n{}",
+        d.log_text()
+    );
+    let held = status_json(&d);
+    assert_eq!(held["leases"]["detaching"], 1, "{held}");
+    // ...against its user's lease limit...
+    let mine = Probe::start(&d.socket, USER_A, "mine");
+    assert_eq!(mine.report["kind"], "quota-exceeded", "{}", mine.report);
+    drop(mine);
+    // ...and with its size against the total: 8 + 8 MiB > 12 MiB.
+    let other = Probe::start(&d.socket, USER_B, "other");
+    assert_eq!(other.report["kind"], "no-space", "{}", other.report);
+    assert!(
+        other.report["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tmpfs_leases_max_total"),
+        "{}",
+        other.report
+    );
+    drop(other);
+    assert_eq!(state_of(&d).as_deref(), Some("detaching"));
+    // The holder exits: the next check finds the tmpfs empty, and the
+    // lease is gone within the check's period (plus its final reap).
+    let _ = attack.child.kill();
+    let _ = attack.child.wait();
+    let exited = Instant::now();
+    assert!(
+        eventually(2 * HELD_CHECK_EVERY + Duration::from_secs(2), || state_of(
+            &d
+        )
+        .is_none()),
+        "still listed as {:?} {:?} after its holder exited\n{}",
+        state_of(&d),
+        exited.elapsed(),
+        d.log_text()
+    );
+    eprintln!(
+        "held lease gone {:?} after its holder exited",
+        exited.elapsed()
+    );
+    assert_eq!(status_json(&d)["leases"]["detaching"], 0);
+    assert_nothing_held_left(&d);
+    let again = Probe::start(&d.socket, USER_B, "again");
+    assert_eq!(again.report["exec_ok"], true, "{}", again.report);
+    canary.assert_intact("tmpfs-held-restart");
+}
+
+/// Spawns `sh -c SCRIPT` as `who` in `cwd`, stdin and stdout piped.
+fn shell_as(who: Ident, cwd: &std::path::Path, script: &str) -> Child {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .uid(who.uid)
+        .gid(who.gid)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn read_line(out: &mut BufReader<std::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+#[test]
+fn a_tmpfs_held_from_another_mount_namespace_stays_counted_across_a_restart() {
+    if !require_root("tmpfs_held_from_another_mount_namespace") {
+        return;
+    }
+    let mut d = Daemon::start_with_config(
+        "tmpfs-held-ns",
+        "lease_backend = \"tmpfs\"\nlease_size_default = 8388608\nmax_leases_per_uid = 1\n",
+    );
+    let lease = Probe::start(&d.socket, USER_A, "ns");
+    let id = lease.id();
+    // The build moves into a mount namespace of its own (a user namespace
+    // makes that unprivileged) and keeps a file open there. Its copy of
+    // the lease's mount is not the daemon's: the daemon's unmount would
+    // not be busy, and would leave the tmpfs alive where it cannot see it.
+    let mut holder = shell_as(
+        USER_A,
+        &lease.path(),
+        "exec unshare --user --map-root-user --mount sh -c 'echo x > pinned && exec 3<pinned && echo ready && read line; exit 0'",
+    );
+    let mut out = BufReader::new(holder.stdout.take().unwrap());
+    let ready = read_line(&mut out);
+    if ready != "ready" {
+        let _ = holder.kill();
+        let _ = holder.wait();
+        eprintln!("SKIPPED: tmpfs_held_from_another_mount_namespace: unshare --user --mount fails on this host (no unprivileged user namespaces), so no build can do this");
+        return;
+    }
+    assert!(lease.finish().success());
+    let state_of = |d: &Daemon| {
+        d.list_all()
+            .into_iter()
+            .find(|r| r["id"] == id.as_str())
+            .map(|r| r["state"].as_str().unwrap_or("?").to_owned())
+    };
+    assert!(
+        eventually(Duration::from_secs(4), || state_of(&d).as_deref()
+            == Some("detaching")),
+        "a tmpfs held from another mount namespace is {:?}, not detaching\n{}",
+        state_of(&d),
+        d.log_text()
+    );
+    assert_held_in_trash(&d, &id);
+    d.terminate();
+    d.spawn();
+    assert_eq!(
+        state_of(&d).as_deref(),
+        Some("detaching"),
+        "{}",
+        d.log_text()
+    );
+    let mine = Probe::start(&d.socket, USER_A, "mine");
+    assert_eq!(mine.report["kind"], "quota-exceeded", "{}", mine.report);
+    drop(mine);
+    // The holder lets go: gone within the check's period.
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    assert!(
+        eventually(2 * HELD_CHECK_EVERY + Duration::from_secs(2), || state_of(
+            &d
+        )
+        .is_none()),
+        "still {:?} after its holder exited\n{}",
+        state_of(&d),
+        d.log_text()
+    );
+    assert_nothing_held_left(&d);
+}
+
+#[test]
+fn a_process_left_at_the_root_of_a_released_tmpfs_can_neither_write_there_nor_keep_it_counted() {
+    if !require_root("tmpfs_left_at_its_root") {
+        return;
+    }
+    let d = Daemon::start_with_config(
+        "tmpfs-left-at-root",
+        "lease_backend = \"tmpfs\"\nlease_size_default = 8388608\nmax_leases_per_uid = 1\n",
+    );
+    let lease = Probe::start(&d.socket, USER_A, "root-cwd");
+    let id = lease.id();
+    // A leftover process of the build whose working directory is the
+    // root of the lease's tmpfs; after the release it tries to use it.
+    let mut holder = shell_as(
+        USER_A,
+        &lease.path(),
+        "echo x > file && echo ready && read line; \
+         (echo y > new) 2>/dev/null && echo wrote || echo denied; \
+         (mkdir d) 2>/dev/null && echo made || echo denied; \
+         (ls .) >/dev/null 2>&1 && echo listed || echo denied; \
+         (cd ..) 2>/dev/null && echo escaped || echo denied",
+    );
+    let mut out = BufReader::new(holder.stdout.take().unwrap());
+    assert_eq!(read_line(&mut out), "ready");
+    assert!(lease.finish().success());
+    // Its tree is deleted, its root closed: nothing it holds can use
+    // memory, so the lease ends (its empty tmpfs detached) at once.
+    assert!(
+        eventually(Duration::from_secs(4), || !d
+            .list_all()
+            .iter()
+            .any(|r| r["id"] == id.as_str())),
+        "a lease whose tmpfs holds nothing is still listed\n{}",
+        d.log_text()
+    );
+    assert_nothing_held_left(&d);
+    holder.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let answers: Vec<String> = (0..4).map(|_| read_line(&mut out)).collect();
+    assert_eq!(answers, ["denied"; 4], "the holder used its old cwd");
+    assert!(holder.wait().unwrap().success());
+    let again = Probe::start(&d.socket, USER_A, "again");
+    assert_eq!(again.report["exec_ok"], true, "{}", again.report);
 }
 
 #[test]

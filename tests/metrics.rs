@@ -237,11 +237,14 @@ fn the_detaching_gauge_counts_a_held_tmpfs_lease() {
     let before = metrics(&d);
     assert_eq!(gauge(&before, "detaching"), 0.0, "{before:?}");
     let p = Probe::start(&d.socket, USER_A, "held");
-    // A leftover process of the build, its working directory in the lease's
-    // tmpfs: the lazy detach at release leaves the tmpfs alive.
+    // A leftover process of the build with a file of the lease's tmpfs
+    // open (its stdin): the release deletes the tree, but the tmpfs still
+    // holds that file, so it stays mounted and the lease detaching.
+    std::fs::write(p.path().join("held"), b"x").unwrap();
     let mut holder = Command::new("/bin/sleep")
         .arg("60")
         .current_dir(p.path())
+        .stdin(std::fs::File::open(p.path().join("held")).unwrap())
         .uid(USER_A.uid)
         .gid(USER_A.gid)
         .spawn()

@@ -342,7 +342,7 @@ pub fn run(
             let what = match *label {
                 "log=warn" => "same, daemon started with --log-level warn (no per-lease audit lines)",
                 "fd store" => "same, daemon run under a NOTIFY_SOCKET read by the harness: each lease's connection is sent to the fd store (FDSTORE=1) and removed on release (FDSTOREREMOVE=1); systemd would do more work per message than the harness",
-                _ => "same, lease_backend = \"tmpfs\": every lease is its own tmpfs (fsopen/fsmount/move_mount), released by detaching it",
+                _ => "same, lease_backend = \"tmpfs\": every lease is its own tmpfs (fsopen/fsmount/move_mount), released by deleting its tree and unmounting it",
             };
             report.push(
                 Row::new(

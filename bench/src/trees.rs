@@ -60,8 +60,8 @@ pub struct TreeCfg {
     /// Cold SCM_RIGHTS round trips (after `cold_busy` of CPU work).
     pub cold_samples: usize,
     pub cold_busy: Duration,
-    /// The daemon runs `lease_backend = "tmpfs"`: reaping a lease is one
-    /// detach (the kernel frees the tmpfs), labelled as such.
+    /// The daemon runs `lease_backend = "tmpfs"`: reaping a lease deletes
+    /// the tree in its tmpfs, then unmounts it; labelled as such.
     pub tmpfs_leases: bool,
 }
 
@@ -246,7 +246,7 @@ pub fn run(report: &mut Report, exe: &Path, daemon: &Daemon, cfg: &TreeCfg) -> R
     }
     if cfg.reap {
         report.section(if cfg.tmpfs_leases {
-            "3b. reap of tmpfs leases (one detach; the kernel frees the tmpfs) vs GNU rm -rf of an identical tree on the root mount"
+            "3b. reap of tmpfs leases (the tree deleted in the tmpfs, then the tmpfs unmounted) vs GNU rm -rf of an identical tree on the root mount"
         } else {
             "3. reap time vs GNU rm -rf of an identical tree, same mount, same run"
         });

@@ -53,6 +53,15 @@ pub struct LeaseMeta {
     /// Found at start, the hand-over is finished before the tree is listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hand_over: Option<PendingHandOver>,
+    /// In trash, its tree deleted, its tmpfs still held and kept mounted
+    /// beside this record: written before the lease is listed as
+    /// detaching, so a restarted daemon lists and counts it the same way.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub detaching: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Who a kept tree is being handed from and to.
@@ -165,6 +174,11 @@ pub fn scan(
             };
             if let Some(mut meta) = read(outer.as_fd()) {
                 meta.secret.clear();
+                let state = if meta.detaching {
+                    LeaseState::Detaching
+                } else {
+                    state
+                };
                 out.push((state, meta));
             }
         }
@@ -213,6 +227,7 @@ mod tests {
             project_id: None,
             kept_unix: None,
             hand_over: None,
+            detaching: false,
         }
     }
 
@@ -237,13 +252,19 @@ mod tests {
         m.owner_uid = 1000;
         m.kept_unix = Some(1_700_000_100);
         rewrite(outer.as_fd(), &m).unwrap();
-        assert_eq!(read_written_by(outer.as_fd(), me), Some(m));
+        assert_eq!(read_written_by(outer.as_fd(), me), Some(m.clone()));
         assert!(!dir.join(META_NEW).exists(), "no half-written record left");
         assert_eq!(read_written_by(outer.as_fd(), me.wrapping_add(1)), None);
         // A record from before these fields existed still reads.
         let old = r#"{"id":"0123456789abcdef","name":"n","owner_uid":1,"owner_gid":1,"peer_uid":1,"peer_gid":1,"peer_pid":1,"peer_command":"","created_unix":5,"secret":""}"#;
         let parsed: LeaseMeta = serde_json::from_str(old).unwrap();
-        assert_eq!((parsed.kept_unix, parsed.hand_over), (None, None));
+        assert_eq!(
+            (parsed.kept_unix, parsed.hand_over, parsed.detaching),
+            (None, None, false)
+        );
+        m.detaching = true;
+        rewrite(outer.as_fd(), &m).unwrap();
+        assert!(read_written_by(outer.as_fd(), me).unwrap().detaching);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

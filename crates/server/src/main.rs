@@ -186,6 +186,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
             orphans = found.orphans,
             kept = found.kept,
             trash = found.trash,
+            detaching = found.detaching,
             "mount verified (nosuid,nodev,exec); serving"
         );
         // Always: a stored connection that cannot be served again leaves
@@ -200,6 +201,7 @@ fn serve(config: Config, listener: &mut Listener) -> Result<()> {
         let beat = daemon.clone();
         notify::spawn_heartbeat(move || beat.status_line());
         builddir_server::lease::retention::spawn_periodic(daemon.clone());
+        builddir_server::lease::detaching::spawn_periodic(daemon.clone());
         // The accept loop runs as a task on a worker, not on this thread:
         // each new connection's task then starts on the same worker (tokio's
         // LIFO slot) instead of waking another thread for every client.

@@ -5,7 +5,8 @@
 //! leaves it for the next start (the operator removes it with `umount`).
 //! A daemon run by hand (Ctrl-C, SIGTERM) that made the mount itself takes
 //! it down again when nothing depends on it: no live lease (whose client may
-//! reclaim it from the next daemon) and, on a tmpfs, no kept or unfinished
+//! reclaim it from the next daemon), no held lease tmpfs (mounted in trash
+//! for the next daemon to count) and, on a tmpfs, no kept or unfinished
 //! tree (unmounting a tmpfs deletes them; a bind mount only hides the flags,
 //! the trees stay in the directory). Anything left mounted is said in the
 //! log, with the command that removes it.
@@ -36,9 +37,7 @@ pub enum Decision {
 
 /// Decides what to do with the mount at stop.
 pub fn decide(at: &AtStop) -> Decision {
-    // A detaching lease's tree is deleted and its tmpfs detached from the
-    // root already: unmounting the root takes nothing from it.
-    let [live, kept, reaping, quarantined, _detaching] = at.counts;
+    let [live, kept, reaping, quarantined, detaching] = at.counts;
     if at.activated {
         return Decision::Leave("started by systemd, so a restart finds it in place".into());
     }
@@ -48,6 +47,14 @@ pub fn decide(at: &AtStop) -> Decision {
     if live > 0 {
         return Decision::Leave(format!(
             "{live} live lease(s) whose clients reclaim them when builddird starts again"
+        ));
+    }
+    // A detaching lease's tmpfs is still held, mounted in trash: it stays
+    // mounted (whatever the backing) for the next daemon to list, count
+    // and unmount; a lazy unmount of the root would hide it.
+    if detaching > 0 {
+        return Decision::Leave(format!(
+            "{detaching} tmpfs lease(s) still held by a process stay mounted in its trash until builddird starts again and unmounts them"
         ));
     }
     let trees = kept + reaping + quarantined;
@@ -109,11 +116,6 @@ mod tests {
             decide(&at(false, true, Backing::Tmpfs, [0; 5])),
             Decision::Unmount
         );
-        // A detaching lease's tmpfs is detached from the root already.
-        assert_eq!(
-            decide(&at(false, true, Backing::Tmpfs, [0, 0, 0, 0, 1])),
-            Decision::Unmount
-        );
     }
 
     #[test]
@@ -124,5 +126,8 @@ mod tests {
         assert!(leave(at(false, true, Backing::Bind, [1, 0, 0, 0, 0])));
         assert!(leave(at(false, true, Backing::Tmpfs, [0, 1, 0, 0, 0])));
         assert!(leave(at(false, true, Backing::Tmpfs, [0, 0, 0, 1, 0])));
+        // A held lease tmpfs is mounted below the root, whatever its backing.
+        assert!(leave(at(false, true, Backing::Tmpfs, [0, 0, 0, 0, 1])));
+        assert!(leave(at(false, true, Backing::Bind, [0, 0, 0, 0, 1])));
     }
 }

@@ -14,6 +14,7 @@ pub mod project;
 pub use builddir_host::quota_sys as project_sys;
 pub mod tmpfs;
 pub mod tmpfs_budget;
+pub mod tmpfs_held;
 
 use std::collections::HashSet;
 use std::ffi::CStr;
@@ -217,23 +218,24 @@ impl Backend {
     }
 
     /// Before `trash/<name>` (whose lease held `project`, if any) is
-    /// walked: a tmpfs is detached (returned: how to tell it is really
-    /// gone), a full project is logged.
+    /// walked: a lease tmpfs at its `build` is settled (emptied and
+    /// unmounted, or kept mounted while something holds files in it:
+    /// [`tmpfs_held`]), a full project is logged. The tmpfs is looked for
+    /// whatever this daemon's backend: a lease from before a change of
+    /// `lease_backend` still ends as it must.
     pub fn before_reap(
         &self,
         root: &Path,
         trash: BorrowedFd<'_>,
         name: &CStr,
         project: Option<u32>,
-    ) -> Option<tmpfs::TmpfsGone> {
-        match (self, project) {
-            (Backend::Tmpfs, _) => return tmpfs::detach_in_trash(root, trash, name),
-            (Backend::ProjectQuota(ids), Some(project)) => {
-                log_if_project_full(ids.fs(), project, name)
-            }
-            _ => {}
+        owner: (u32, u32),
+    ) -> tmpfs_held::Settled {
+        if let (Backend::ProjectQuota(ids), Some(project)) = (self, project) {
+            log_if_project_full(ids.fs(), project, name);
         }
-        None
+        let ours = |id| crate::host::mount::mount_source_is(id, tmpfs::LEASE_TMPFS_SOURCE);
+        tmpfs_held::settle(root, trash, name, owner, &ours, tmpfs_held::Pass::Reap)
     }
 
     /// After the reap of a tree whose lease held `project`: a project no

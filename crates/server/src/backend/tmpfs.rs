@@ -1,21 +1,17 @@
 //! `lease_backend = "tmpfs"`: each lease's `build` is a tmpfs of its own,
-//! mounted by fd with the lease's size, and detached (O(1), whatever it
-//! holds) before its tree is reaped.
+//! mounted by fd with the lease's size. How one ends (emptied, then
+//! unmounted, or kept mounted while held) is [`super::tmpfs_held`].
 
-use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::fd::BorrowedFd;
 
 use builddir_proto::SizeLimit;
-use rustix::fs::{statx, AtFlags, StatxFlags};
 use rustix::io::Errno;
 use rustix::mount::{
     fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, unmount, FsMountFlags,
     FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags,
 };
 
-use crate::host::layout::{BUILD, TRASH};
+use crate::host::layout::BUILD;
 
 /// The `source` of every lease tmpfs: how the reaper knows a mount at
 /// `<outer>/build` is one of ours to detach (and not something to report).
@@ -52,7 +48,8 @@ pub fn mount(outer: BorrowedFd<'_>, uid: u32, gid: u32, limit: SizeLimit) -> Res
 }
 
 /// Detaches whatever is mounted on `outer/build` of a half-made lease,
-/// through the fd (best effort).
+/// through the fd (best effort). Lazily: this tmpfs was never handed out
+/// and holds nothing.
 pub fn detach_partial(outer: BorrowedFd<'_>) {
     let build = format!(
         "/proc/self/fd/{}/{BUILD}",
@@ -62,94 +59,4 @@ pub fn detach_partial(outer: BorrowedFd<'_>) {
         build.as_str(),
         UnmountFlags::DETACH | UnmountFlags::NOFOLLOW,
     );
-}
-
-/// A tmpfs lease is reaped by detaching its mount: O(1) whatever it holds.
-/// Only a mount exactly at `<tree>/build` whose source is ours is detached;
-/// anything else mounted in a tree is reported by the walk and left in
-/// quarantine.
-///
-/// The detach is lazy: a process of the build that still holds an fd (or
-/// its cwd) in the tmpfs keeps the tmpfs — and its memory — alive. So
-/// before detaching, an inotify watch is put on the tmpfs's root; the
-/// kernel sends `IN_UNMOUNT` on it when the tmpfs is really gone (its last
-/// reference dropped). The watch does not keep the tmpfs alive. Returned
-/// (an inotify fd) for [`TmpfsGone`].
-pub fn detach_in_trash(root: &Path, trash: BorrowedFd<'_>, name: &CStr) -> Option<TmpfsGone> {
-    let mut rel = name.to_bytes().to_vec();
-    rel.extend_from_slice(b"/build");
-    let Ok(rel) = CString::new(rel) else {
-        return None;
-    };
-    let here = statx(trash, c"", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID);
-    let there = statx(trash, &rel, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID);
-    let (Ok(here), Ok(there)) = (here, there) else {
-        return None;
-    };
-    if here.stx_mnt_id == there.stx_mnt_id
-        || !crate::host::mount::mount_source_is(there.stx_mnt_id, LEASE_TMPFS_SOURCE)
-    {
-        return None;
-    }
-    let path = root
-        .join(TRASH)
-        .join(OsStr::from_bytes(name.to_bytes()))
-        .join(BUILD);
-    if let Ok(vfs) = rustix::fs::statvfs(&path) {
-        if vfs.f_bavail == 0 || vfs.f_favail == 0 {
-            tracing::warn!(
-                path = %path.display(),
-                limit_bytes = vfs.f_blocks * vfs.f_frsize,
-                limit_inodes = vfs.f_files,
-                "lease had reached its size limit (its build saw ENOSPC)"
-            );
-        }
-    }
-    let gone = TmpfsGone::watch(&path);
-    if let Err(e) = unmount(&path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot detach a lease tmpfs");
-        return None;
-    }
-    gone
-}
-
-/// Tells when a detached lease tmpfs is really gone (see
-/// [`detach_in_trash`]).
-#[derive(Debug)]
-pub struct TmpfsGone {
-    inotify: OwnedFd,
-}
-
-impl TmpfsGone {
-    /// Watches the tmpfs mounted at `path` (its root). The path is under
-    /// the root-only trash, at a mount checked to be ours.
-    fn watch(path: &Path) -> Option<TmpfsGone> {
-        use rustix::fs::inotify;
-        let fd =
-            inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).ok()?;
-        inotify::add_watch(
-            &fd,
-            path,
-            inotify::WatchFlags::DELETE_SELF
-                | inotify::WatchFlags::ONLYDIR
-                | inotify::WatchFlags::DONT_FOLLOW,
-        )
-        .ok()?;
-        Some(TmpfsGone { inotify: fd })
-    }
-
-    /// True once the kernel said the tmpfs is gone (`IN_UNMOUNT`, or the
-    /// watch dropped with it: `IN_IGNORED`). Does not block.
-    pub fn is_gone(&self) -> bool {
-        use rustix::fs::inotify;
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
-        let mut reader = inotify::Reader::new(&self.inotify, &mut buf);
-        let mut gone = false;
-        while let Ok(ev) = reader.next() {
-            gone |= ev
-                .events()
-                .intersects(inotify::ReadFlags::UNMOUNT | inotify::ReadFlags::IGNORED);
-        }
-        gone
-    }
 }

@@ -109,6 +109,7 @@ async fn a_stored_connection_that_cannot_be_served_leaves_its_leases_reclaimable
             project_id: None,
             kept_unix: None,
             hand_over: None,
+            detaching: false,
         },
     )
     .unwrap();

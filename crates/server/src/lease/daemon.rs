@@ -203,7 +203,7 @@ impl Daemon {
             Phase::Live { .. } | Phase::Releasing { .. } | Phase::Keeping { .. } => {
                 self.layout.lease_path(r.id)
             }
-            // A detaching lease's tree is gone: the row names where it was.
+            // A detaching lease's tmpfs is still mounted there (emptied).
             Phase::Reaping { trash }
             | Phase::Quarantined { trash }
             | Phase::Detaching { trash } => self

@@ -5,7 +5,8 @@
 //! delays allocations on the async workers. A tree that cannot be fully
 //! deleted stays in trash, marked quarantined (still counted against its
 //! requester's lease limits), and is retried by an operator's `remove` or at the next
-//! start (trash is rescanned then).
+//! start (trash is rescanned then). A tmpfs lease whose tmpfs is still
+//! held after its tree is deleted stays detaching ([`held`]).
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
@@ -13,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::tmpfs_held::{Settled, Usage};
 use crate::lease::id::LeaseId;
 use crate::lease::table::{Counters, Daemon};
 use crate::tree::remove::{remove_tree, Limits, Report};
@@ -38,67 +40,133 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
         let d = daemon.clone();
         let name = trash_name.clone();
         let project = id.and_then(|id| daemon.table.get(id).and_then(|r| r.project_id));
-        let report = tokio::task::spawn_blocking(move || {
-            let name = CString::new(name).expect("trash names come from the daemon");
-            let free_before = free_bytes(&d);
-            // A tree without a record (found at start) names its project
-            // in its own lease.json, which the walk is about to delete.
-            let project = project.or_else(|| project_on_disk(&d, &name));
-            let trash = d.layout.trash.as_fd();
-            let tmpfs = d
-                .backend
-                .before_reap(d.layout.root_path(), trash, &name, project);
-            let report = remove_tree(trash, &name, Limits::default());
-            d.backend.after_reap(project, report.complete, |p| {
-                !d.table
-                    .ids(|r| r.project_id == Some(p) && Some(r.id) != id)
-                    .is_empty()
-            });
-            let freed = free_bytes(&d).saturating_sub(free_before);
-            d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
-            (report, tmpfs)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            let report = Report {
-                errors: 1,
-                first_error: Some(format!("reap task failed: {e}")),
-                ..Report::default()
-            };
-            (report, None)
-        });
-        let (report, tmpfs) = report;
-        let mut permit = Some(permit);
-        // A tmpfs lease whose tmpfs a leftover process of the build still
-        // holds is not gone: it stays in the table as detaching — listed,
-        // counted against its user's limits and the tmpfs total — until
-        // the kernel says the tmpfs is gone. The permit is given back
-        // meanwhile.
-        if let (true, Some(tmpfs), Some(lease)) = (report.complete, tmpfs, id) {
-            if !tmpfs.is_gone() {
-                permit = None;
-                if let Err(e) = daemon.table.detaching(lease) {
-                    tracing::warn!(lease_id = %lease, error = %e, "a held tmpfs for a lease not being deleted");
-                }
-                tracing::warn!(
-                    lease_id = %lease,
-                    trash = trash_name,
-                    "tmpfs still held by a process of the build after release; the lease stays counted until it is gone"
-                );
-                let mut tick = tokio::time::interval(TMPFS_GONE_POLL);
-                while !tmpfs.is_gone() {
-                    tick.tick().await;
-                }
-                tracing::info!(lease_id = %lease, "held tmpfs gone");
-            }
+        let outcome = tokio::task::spawn_blocking(move || reap(&d, &name, project, id))
+            .await
+            .unwrap_or_else(|e| Outcome::Reaped(failed(format!("reap task failed: {e}"))));
+        match outcome {
+            Outcome::Reaped(report) => finish(&daemon, &trash_name, id, &report, started),
+            Outcome::Held {
+                report,
+                usage,
+                marked,
+            } => held(&daemon, &trash_name, id, &report, usage, marked),
         }
-        finish(&daemon, &trash_name, id, &report, started);
         drop(permit);
     });
 }
 
-/// How often a detached tmpfs that a process still holds is checked.
-const TMPFS_GONE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How one reap ended.
+enum Outcome {
+    /// The tree is deleted (or quarantined: `complete` says which).
+    Reaped(Report),
+    /// A lease tmpfs in it is still held: the tree inside the tmpfs is
+    /// deleted, the tmpfs stays mounted in trash with the record beside
+    /// it (`marked`: whether that record now says detaching).
+    Held {
+        report: Report,
+        usage: Option<Usage>,
+        marked: Result<(), rustix::io::Errno>,
+    },
+}
+
+fn failed(why: String) -> Report {
+    Report {
+        errors: 1,
+        first_error: Some(why),
+        ..Report::default()
+    }
+}
+
+/// The blocking part of a reap.
+fn reap(d: &Daemon, name: &str, project: Option<u32>, id: Option<LeaseId>) -> Outcome {
+    let Ok(name) = CString::new(name) else {
+        return Outcome::Reaped(failed(format!("trash name {name:?} holds a NUL")));
+    };
+    let free_before = free_bytes(d);
+    // A tree without a record (found at start) names its project
+    // in its own lease.json, which the walk is about to delete.
+    let project = project.or_else(|| project_on_disk(d, &name));
+    let trash = d.layout.trash.as_fd();
+    let root = d.layout.root_path();
+    let inside = match d
+        .backend
+        .before_reap(root, trash, &name, project, d.layout.owner)
+    {
+        Settled::Held { report, usage } => {
+            // The record first: a restart from here on lists the lease
+            // as detaching, as the table is about to.
+            let marked = match id {
+                Some(_) => crate::lease::registry::mark_detaching(&d.layout, &name),
+                None => Ok(()),
+            };
+            return Outcome::Held {
+                report,
+                usage,
+                marked,
+            };
+        }
+        Settled::Unmounted(inside) => Some(inside),
+        Settled::NoTmpfs => None,
+    };
+    let mut report = remove_tree(trash, &name, Limits::default());
+    if let Some(inside) = &inside {
+        report.add_counts(inside);
+    }
+    d.backend.after_reap(project, report.complete, |p| {
+        !d.table
+            .ids(|r| r.project_id == Some(p) && Some(r.id) != id)
+            .is_empty()
+    });
+    let freed = free_bytes(d).saturating_sub(free_before);
+    d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
+    Outcome::Reaped(report)
+}
+
+/// A tmpfs lease whose tmpfs something still holds files in is not gone:
+/// it stays in the table as detaching — listed, counted against its
+/// user's limits and the tmpfs total — until the periodic check
+/// ([`crate::lease::detaching`]) finds the tmpfs empty and unmounts it.
+/// The reap slot is given back meanwhile.
+fn held(
+    daemon: &Daemon,
+    trash_name: &str,
+    id: Option<LeaseId>,
+    report: &Report,
+    usage: Option<Usage>,
+    marked: Result<(), rustix::io::Errno>,
+) {
+    let c = &daemon.counters;
+    c.reaped_entries
+        .fetch_add(report.removed, Ordering::Relaxed);
+    c.reap_errors.fetch_add(report.errors, Ordering::Relaxed);
+    let first_error = report.first_error.clone().unwrap_or_default();
+    let (used_bytes, used_inodes) = usage.map_or((None, None), |u| (Some(u.bytes), Some(u.inodes)));
+    let Some(lease) = id else {
+        tracing::warn!(
+            trash = trash_name,
+            used_bytes,
+            used_inodes,
+            first_error,
+            "a leftover lease tmpfs in trash is still held; it stays mounted there and is retried at the next start"
+        );
+        return;
+    };
+    if let Err(e) = marked {
+        tracing::warn!(lease_id = %lease, error = %e, "cannot mark the record of a held tmpfs lease detaching; after a restart it is checked again before it is listed as detaching");
+    }
+    if let Err(e) = daemon.table.detaching(lease) {
+        tracing::warn!(lease_id = %lease, error = %e, "a held tmpfs for a lease not being deleted");
+    }
+    tracing::warn!(
+        lease_id = %lease,
+        trash = trash_name,
+        removed = report.removed,
+        used_bytes,
+        used_inodes,
+        first_error,
+        "tmpfs still held by a process after release: its tree is deleted, it stays mounted in trash and counted until it holds nothing"
+    );
+}
 
 fn finish(
     daemon: &Daemon,

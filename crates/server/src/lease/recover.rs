@@ -8,7 +8,9 @@
 //!   directory without a record) is an orphan and moves to trash.
 //! - Kept trees are listed again.
 //! - Everything in trash is reaped in the background: readiness never waits
-//!   for deletion.
+//!   for deletion. A tmpfs lease whose record says detaching (its tmpfs was
+//!   still held, and stays mounted beside the record) is listed and counted
+//!   as detaching again, and left to the periodic check.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -62,6 +64,8 @@ pub struct Recovered {
     pub orphans: usize,
     pub kept: usize,
     pub trash: usize,
+    /// Of those in trash, tmpfs leases still held (detaching).
+    pub detaching: usize,
     /// Connections to serve again, each with the ids of its leases.
     pub connections: Vec<(OwnedFd, Vec<LeaseId>)>,
 }
@@ -134,17 +138,22 @@ pub fn recover(daemon: &Arc<Daemon>, resumed: Vec<(LeaseId, OwnedFd)>) -> Recove
         let id = LeaseId::parse(&name);
         if let Some(id) = id {
             // Its record (if any) still names it and its owner, who is
-            // charged for it until it is gone.
-            let record = openat(layout.trash.as_fd(), name.as_str(), DIR_OPEN, Mode::empty())
+            // charged for it (and for its size, a tmpfs's) until it is gone.
+            let meta = openat(layout.trash.as_fd(), name.as_str(), DIR_OPEN, Mode::empty())
                 .ok()
-                .and_then(|outer| registry::read_in(layout, outer.as_fd()))
-                .map_or_else(|| recovered(id, 0, 0), |m| from_meta(id, &m));
-            daemon.table.restore(
-                record,
-                Restored::Reaping {
-                    trash: name.clone(),
-                },
-            );
+                .and_then(|outer| registry::read_in(layout, outer.as_fd()));
+            let held = meta.as_ref().is_some_and(|m| m.detaching);
+            let record = meta.map_or_else(|| recovered(id, 0, 0), |m| from_meta(id, &m));
+            let trash = name.clone();
+            if held {
+                // Its tmpfs was still held when the last daemon stopped:
+                // detaching again, checked by `lease::detaching` (which
+                // reaps it at once if its tmpfs is gone meanwhile).
+                daemon.table.restore(record, Restored::Detaching { trash });
+                found.detaching += 1;
+                continue;
+            }
+            daemon.table.restore(record, Restored::Reaping { trash });
         }
         crate::lease::reaper::spawn(daemon.clone(), name, id);
     }

@@ -28,3 +28,23 @@ pub fn open_record(
 pub fn read_in(layout: &crate::host::layout::Layout, outer: BorrowedFd<'_>) -> Option<LeaseMeta> {
     read_written_by(outer, layout.owner.0)
 }
+
+/// Marks the record of `trash/<name>` detaching (its tmpfs held and kept
+/// mounted beside it), unless it is already.
+pub fn mark_detaching(
+    layout: &crate::host::layout::Layout,
+    name: &std::ffi::CStr,
+) -> Result<(), Errno> {
+    let outer = openat(
+        &layout.trash,
+        name,
+        crate::host::layout::DIR_OPEN,
+        Mode::empty(),
+    )?;
+    let mut meta = read_in(layout, std::os::fd::AsFd::as_fd(&outer)).ok_or(Errno::NOENT)?;
+    if meta.detaching {
+        return Ok(());
+    }
+    meta.detaching = true;
+    rewrite(std::os::fd::AsFd::as_fd(&outer), &meta)
+}

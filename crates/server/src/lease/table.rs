@@ -11,9 +11,12 @@
 //!                        │ into_reaping                                 │ claim_kept
 //!                        ▼                                              ▼
 //!                     Reaping ◄──────────────── into_reaping ──────  Removing
-//!                        │ reaped   │ quarantined   │ detaching (tree deleted,
-//!                        ▼          ▼               ▼  its tmpfs still held)
-//!                      (gone)   Quarantined      Detaching ── reaped ──► (gone)
+//!                      ▲ │ reaped   │ quarantined   │ detaching (tree deleted,
+//!                      │ ▼          ▼               ▼  its tmpfs still held)
+//!                      │(gone)  Quarantined      Detaching ◄── restored at start
+//!                      │                            │
+//!                      └────────── tmpfs_gone ──────┘ (unmounted: the rest
+//!                                                      of its tree is reaped)
 //! ```
 //!
 //! Every transition is a method here, taken under one lock, and checks the
@@ -61,9 +64,9 @@ pub enum Phase {
     Reaping { trash: String },
     /// In trash as `trash`; deletion gave up, retried at the next start.
     Quarantined { trash: String },
-    /// Its tree (once `trash`) is deleted and its tmpfs detached, but a
-    /// process of the build still holds the tmpfs (the detach is lazy):
-    /// its memory is in use until the kernel reports the tmpfs gone.
+    /// In trash as `trash`: the tree inside its tmpfs is deleted, but
+    /// something still holds files in the tmpfs, which stays mounted there
+    /// (and in use, up to its size) until a check finds it empty.
     Detaching { trash: String },
 }
 
@@ -98,7 +101,9 @@ impl Phase {
     /// The trash entry holding the tree, if it is in trash.
     pub fn trash_name(&self) -> Option<&str> {
         match self {
-            Phase::Reaping { trash } | Phase::Quarantined { trash } => Some(trash),
+            Phase::Reaping { trash }
+            | Phase::Quarantined { trash }
+            | Phase::Detaching { trash } => Some(trash),
             _ => None,
         }
     }
@@ -215,7 +220,13 @@ pub enum End {
 pub enum Restored {
     Live,
     Kept,
-    Reaping { trash: String },
+    Reaping {
+        trash: String,
+    },
+    /// In trash, its record marked detaching: its tmpfs was held.
+    Detaching {
+        trash: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -387,6 +398,7 @@ impl LeaseTable {
             Restored::Live => Phase::Live { conn: None },
             Restored::Kept => Phase::Kept,
             Restored::Reaping { trash } => Phase::Reaping { trash },
+            Restored::Detaching { trash } => Phase::Detaching { trash },
         };
         self.lock().leases.insert(record.id, record);
     }
@@ -478,21 +490,21 @@ impl LeaseTable {
         }
     }
 
-    /// The reap of `id` finished (and its tmpfs, if it was detaching, is
-    /// gone): the lease is gone. Returns how many leases are left.
+    /// The reap of `id` finished: the lease is gone. Returns how many
+    /// leases are left.
     pub fn reaped(&self, id: LeaseId) -> Result<usize, TransitionError> {
         let mut inner = self.lock();
         let r = inner.record(id)?;
-        if !matches!(r.phase, Phase::Reaping { .. } | Phase::Detaching { .. }) {
+        if !matches!(r.phase, Phase::Reaping { .. }) {
             return Err(wrong(id, &r.phase, "being deleted"));
         }
         inner.leases.remove(&id);
         Ok(inner.leases.len())
     }
 
-    /// The reap of `id` deleted its tree, but its detached tmpfs is still
-    /// held by a process of the build: the lease stays (listed, counted)
-    /// as detaching until [`LeaseTable::reaped`].
+    /// The reap of `id` deleted the tree in its tmpfs, but something
+    /// still holds files there: the tmpfs stays mounted and the lease
+    /// (listed, counted) detaching until [`LeaseTable::tmpfs_gone`].
     pub fn detaching(&self, id: LeaseId) -> Result<(), TransitionError> {
         let mut inner = self.lock();
         let r = inner.record(id)?;
@@ -504,6 +516,24 @@ impl LeaseTable {
                 Ok(())
             }
             other => Err(wrong(id, other, "being deleted")),
+        }
+    }
+
+    /// The held tmpfs of detaching lease `id` is unmounted (it held
+    /// nothing any more): the rest of its tree is reaped. Returns its
+    /// trash name.
+    pub fn tmpfs_gone(&self, id: LeaseId) -> Result<String, TransitionError> {
+        let mut inner = self.lock();
+        let r = inner.record(id)?;
+        match &r.phase {
+            Phase::Detaching { trash } => {
+                let trash = trash.clone();
+                r.phase = Phase::Reaping {
+                    trash: trash.clone(),
+                };
+                Ok(trash)
+            }
+            other => Err(wrong(id, other, "detaching")),
         }
     }
 

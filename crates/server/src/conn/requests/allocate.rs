@@ -102,6 +102,7 @@ impl Session {
             project_id,
             kept_unix: None,
             hand_over: None,
+            detaching: false,
         };
         let layout = &self.daemon.layout;
         let lease = match allocate(layout, owner.uid, owner.gid, &sizing, meta) {

@@ -147,7 +147,28 @@ fn a_held_tmpfs_keeps_its_lease_detaching_and_counted_until_it_is_gone() {
         "its tree is deleted already"
     );
     assert!(table.detaching(id).is_err(), "detaching once");
-    // The kernel said the tmpfs is gone.
+    assert!(
+        table.reaped(id).is_err(),
+        "not gone while its tmpfs is mounted"
+    );
+    // Its tmpfs is unmounted: the rest of its tree is reaped, then it is gone.
+    assert_eq!(table.tmpfs_gone(id), Ok("t".to_owned()));
+    assert!(table.tmpfs_gone(id).is_err(), "once");
+    assert_eq!(table.live_counts(1000), (1, 1));
     assert_eq!(table.reaped(id), Ok(0));
     assert_eq!(table.live_counts(1000), (0, 0));
+}
+
+#[test]
+fn a_held_tmpfs_restored_at_start_is_detaching_and_counted_with_its_size() {
+    let table = LeaseTable::default();
+    let id = LeaseId::generate().unwrap();
+    let mut record = LeaseRecord::new(id, peer(1000));
+    record.limit_bytes = Some(8 << 20);
+    table.restore(record, Restored::Detaching { trash: "t".into() });
+    assert_eq!(table.state_counts(), [0, 0, 0, 0, 1]);
+    assert_eq!(table.live_counts(1000), (1, 1));
+    assert_eq!(table.limit_bytes_total(), 8 << 20);
+    assert_eq!(table.get(id).unwrap().phase().trash_name(), Some("t"));
+    assert_eq!(table.tmpfs_gone(id), Ok("t".to_owned()));
 }
