@@ -6,16 +6,102 @@
 //! deleted stays in trash, marked quarantined (still counted against its
 //! requester's lease limits), and is retried by an operator's `remove` or at the next
 //! start (trash is rescanned then).
+//!
+//! A reap starts and ends on its blocking thread: no async task waits for
+//! it, so its end wakes no async worker (on a small machine that wake-up
+//! landed in the middle of the next allocation). A released lease whose
+//! build directory was left empty is removed at once instead, on the
+//! session's own thread after its reply is sent ([`Reaping`]): three
+//! `unlinkat`s by fd, no thread at all.
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustix::fs::{openat, unlinkat, AtFlags, Mode};
+use rustix::io::Errno;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+
+use crate::backend::Backend;
+use crate::host::layout::{BUILD, DIR_OPEN};
 use crate::lease::id::LeaseId;
+use crate::lease::registry::META;
 use crate::lease::table::{Counters, Daemon};
 use crate::tree::remove::{remove_tree, Limits, Report};
+
+/// A released lease's tree, in trash, whose deletion has not started yet.
+///
+/// A session holds it until its reply is sent, so that deleting the tree
+/// never delays the answer to the release; [`Reaping::start`] (or dropping
+/// it, whatever ended the session) starts the deletion: a tree in trash is
+/// never left without its reap.
+#[derive(Debug)]
+#[must_use = "the tree is reaped when this is started or dropped"]
+pub struct Reaping {
+    daemon: Arc<Daemon>,
+    trash: String,
+    id: LeaseId,
+}
+
+impl Reaping {
+    /// Lease `id`'s tree, moved to `trash/<trash>`.
+    pub fn new(daemon: Arc<Daemon>, trash: String, id: LeaseId) -> Reaping {
+        Reaping { daemon, trash, id }
+    }
+
+    /// Starts deleting the tree now.
+    pub fn start(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        let trash = std::mem::take(&mut self.trash);
+        let started = Instant::now();
+        if let Some(report) = remove_if_empty(&self.daemon, &trash) {
+            finish(&self.daemon, &trash, Some(self.id), &report, started);
+        } else {
+            spawn(self.daemon.clone(), trash, Some(self.id));
+        }
+    }
+}
+
+/// Deletes `trash/<name>` at once if it is a plain-directory lease whose
+/// build directory is empty, which is bounded work: `rmdir` of `build` (the
+/// kernel refuses a directory that is not empty, or that is a mount point),
+/// `unlink` of `lease.json`, `rmdir` of the outer directory, all by fd in the
+/// root-only trash. `None` (nothing or only part deleted) leaves the rest
+/// to the background reaper.
+///
+/// The build's user cannot put anything in the outer directory (it is
+/// root's, and it may only search it), so `build` there is the directory
+/// the daemon made; a process of the build that still holds it open cannot
+/// add to it once it is removed.
+fn remove_if_empty(daemon: &Daemon, name: &str) -> Option<Report> {
+    if !matches!(daemon.backend, Backend::Dir) {
+        return None;
+    }
+    let trash = daemon.layout.trash.as_fd();
+    let outer = openat(trash, name, DIR_OPEN, Mode::empty()).ok()?;
+    unlinkat(&outer, BUILD, AtFlags::REMOVEDIR).ok()?;
+    let mut removed = 1;
+    match unlinkat(&outer, META, AtFlags::empty()) {
+        Ok(()) => removed += 1,
+        Err(Errno::NOENT) => {}
+        Err(_) => return None,
+    }
+    drop(outer);
+    unlinkat(trash, name, AtFlags::REMOVEDIR).ok()?;
+    Some(Report {
+        removed: removed + 1,
+        complete: true,
+        ..Report::default()
+    })
+}
 
 /// Deletes `trash/<trash_name>` in the background; `id` names the lease
 /// whose record follows the reap (none for leftovers found at start).
@@ -30,71 +116,104 @@ pub fn spawn(daemon: Arc<Daemon>, trash_name: String, id: Option<LeaseId>) {
         );
         return;
     };
-    runtime.spawn(async move {
-        let Ok(permit) = daemon.reap_slots.clone().acquire_owned().await else {
-            return; // semaphore closed: shutting down
-        };
-        let started = Instant::now();
-        let d = daemon.clone();
-        let name = trash_name.clone();
-        let project = id.and_then(|id| daemon.table.get(id).and_then(|r| r.project_id));
-        let report = tokio::task::spawn_blocking(move || {
-            let name = CString::new(name).expect("trash names come from the daemon");
-            let free_before = free_bytes(&d);
-            // A tree without a record (found at start) names its project
-            // in its own lease.json, which the walk is about to delete.
-            let project = project.or_else(|| project_on_disk(&d, &name));
-            let trash = d.layout.trash.as_fd();
-            let tmpfs = d
-                .backend
-                .before_reap(d.layout.root_path(), trash, &name, project);
-            let report = remove_tree(trash, &name, Limits::default());
-            d.backend.after_reap(project, report.complete, |p| {
-                !d.table
-                    .ids(|r| r.project_id == Some(p) && Some(r.id) != id)
-                    .is_empty()
+    match daemon.reap_slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            runtime.spawn_blocking(move || reap(daemon, trash_name, id, permit));
+        }
+        Err(TryAcquireError::Closed) => {} // shutting down
+        // Every place is taken: wait for one, then reap as above.
+        Err(TryAcquireError::NoPermits) => {
+            runtime.spawn(async move {
+                let Ok(permit) = daemon.reap_slots.clone().acquire_owned().await else {
+                    return; // semaphore closed: shutting down
+                };
+                tokio::task::spawn_blocking(move || reap(daemon, trash_name, id, permit));
             });
-            let freed = free_bytes(&d).saturating_sub(free_before);
-            d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
-            (report, tmpfs)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            let report = Report {
-                errors: 1,
-                first_error: Some(format!("reap task failed: {e}")),
-                ..Report::default()
-            };
-            (report, None)
-        });
-        let (report, tmpfs) = report;
-        let mut permit = Some(permit);
-        // A tmpfs lease whose tmpfs a leftover process of the build still
-        // holds is not gone: it stays in the table as detaching — listed,
-        // counted against its user's limits and the tmpfs total — until
-        // the kernel says the tmpfs is gone. The permit is given back
-        // meanwhile.
-        if let (true, Some(tmpfs), Some(lease)) = (report.complete, tmpfs, id) {
-            if !tmpfs.is_gone() {
-                permit = None;
-                if let Err(e) = daemon.table.detaching(lease) {
-                    tracing::warn!(lease_id = %lease, error = %e, "a held tmpfs for a lease not being deleted");
-                }
-                tracing::warn!(
-                    lease_id = %lease,
-                    trash = trash_name,
-                    "tmpfs still held by a process of the build after release; the lease stays counted until it is gone"
-                );
+        }
+    }
+}
+
+/// One reap, on a blocking thread, from start to [`finish`]. A panic in
+/// it (a bug) ends the reap as a failed one, so the tree is quarantined
+/// rather than left in the table as being deleted for ever.
+fn reap(
+    daemon: Arc<Daemon>,
+    trash_name: String,
+    id: Option<LeaseId>,
+    permit: OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    let removed = catch_unwind(AssertUnwindSafe(|| remove(&daemon, &trash_name, id)));
+    let (report, tmpfs) = removed.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let report = Report {
+            errors: 1,
+            first_error: Some(format!("reap task failed: panicked: {why}")),
+            ..Report::default()
+        };
+        (report, None)
+    });
+    // A tmpfs lease whose tmpfs a leftover process of the build still
+    // holds is not gone: it stays in the table as detaching — listed,
+    // counted against its user's limits and the tmpfs total — until
+    // the kernel says the tmpfs is gone. The permit is given back
+    // meanwhile.
+    if let (true, Some(tmpfs), Some(lease)) = (report.complete, tmpfs, id) {
+        if !tmpfs.is_gone() {
+            drop(permit);
+            if let Err(e) = daemon.table.detaching(lease) {
+                tracing::warn!(lease_id = %lease, error = %e, "a held tmpfs for a lease not being deleted");
+            }
+            tracing::warn!(
+                lease_id = %lease,
+                trash = trash_name,
+                "tmpfs still held by a process of the build after release; the lease stays counted until it is gone"
+            );
+            tokio::spawn(async move {
                 let mut tick = tokio::time::interval(TMPFS_GONE_POLL);
                 while !tmpfs.is_gone() {
                     tick.tick().await;
                 }
                 tracing::info!(lease_id = %lease, "held tmpfs gone");
-            }
+                finish(&daemon, &trash_name, id, &report, started);
+            });
+            return;
         }
-        finish(&daemon, &trash_name, id, &report, started);
-        drop(permit);
+    }
+    finish(&daemon, &trash_name, id, &report, started);
+    drop(permit);
+}
+
+/// Deletes the tree (the backend's steps around it included) and counts
+/// the bytes that freed.
+fn remove(
+    d: &Daemon,
+    name: &str,
+    id: Option<LeaseId>,
+) -> (Report, Option<crate::backend::tmpfs::TmpfsGone>) {
+    let project = id.and_then(|id| d.table.get(id).and_then(|r| r.project_id));
+    let name = CString::new(name).expect("trash names come from the daemon");
+    let free_before = free_bytes(d);
+    // A tree without a record (found at start) names its project
+    // in its own lease.json, which the walk is about to delete.
+    let project = project.or_else(|| project_on_disk(d, &name));
+    let trash = d.layout.trash.as_fd();
+    let tmpfs = d
+        .backend
+        .before_reap(d.layout.root_path(), trash, &name, project);
+    let report = remove_tree(trash, &name, Limits::default());
+    d.backend.after_reap(project, report.complete, |p| {
+        !d.table
+            .ids(|r| r.project_id == Some(p) && Some(r.id) != id)
+            .is_empty()
     });
+    let freed = free_bytes(d).saturating_sub(free_before);
+    d.counters.reaped_bytes.fetch_add(freed, Ordering::Relaxed);
+    (report, tmpfs)
 }
 
 /// How often a detached tmpfs that a process still holds is checked.

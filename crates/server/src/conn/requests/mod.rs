@@ -20,6 +20,7 @@ use builddir_proto::{ErrorKind, ErrorReply, Request, Response};
 
 use crate::conn::peer::Peer;
 use crate::lease::id::LeaseId;
+use crate::lease::reaper::Reaping;
 use crate::lease::table::{Daemon, LeaseRecord};
 use release::End;
 
@@ -31,6 +32,9 @@ pub struct Session {
     pub daemon: Arc<Daemon>,
     pub peer: Peer,
     pub conn_id: u64,
+    /// Reaps of the trees this request released, started once its reply
+    /// is sent ([`Session::after_reply`]) or when the session drops.
+    after_reply: Vec<Reaping>,
 }
 
 /// A handler's result: a response, and the fd that rides with it.
@@ -50,6 +54,7 @@ impl Session {
             daemon,
             peer,
             conn_id,
+            after_reply: Vec::new(),
         }
     }
 
@@ -92,6 +97,14 @@ impl Session {
         reply
     }
 
+    /// The work a request left for after its reply: the reaps of the trees
+    /// it released.
+    pub fn after_reply(&mut self) {
+        for reaping in self.after_reply.drain(..) {
+            reaping.start();
+        }
+    }
+
     /// Returns true if and only if the peer is root or in `operator_group`.
     pub fn is_operator(&self) -> bool {
         self.daemon.policy.is_operator(&self.peer)
@@ -119,6 +132,7 @@ impl Session {
     fn release_held(&mut self, why: &str) {
         for id in self.daemon.table.held_by(self.conn_id) {
             // end_lease logs its own failure; nobody is left to answer.
+            // The reap starts as the result drops.
             let _ = self.end_lease(id, why);
         }
     }
