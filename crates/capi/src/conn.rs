@@ -163,17 +163,9 @@ impl Conn {
                 format!("builddird sent a lease ({id}) whose id or path does not fit the C buffers; it was released — upgrade libbuilddir"),
             ));
         }
-        let st = match rustix::fs::fstat(dir.dir()) {
-            Ok(st) => st,
-            Err(e) => {
-                // Not handed out, so not left held either.
-                let _ = self.client.release_dir(dir);
-                return Err(Failure::new(
-                    BUILDDIR_ERR_IO,
-                    format!("fstat on the received build dir failed: {e}; the lease was released"),
-                ));
-            }
-        };
+        // The identity the client checked the descriptor with (an `fstat`
+        // on arrival: a directory), to close only this directory later.
+        let (dev, ino) = dir.dev_ino();
         let granted = Granted {
             fd: dir.dir().as_raw_fd(),
             uid: dir.owner().0,
@@ -186,8 +178,8 @@ impl Conn {
             granted.id.clone(),
             Held {
                 fd: Some(dir.into_dir()),
-                dev: st.st_dev,
-                ino: st.st_ino,
+                dev,
+                ino,
                 secret,
             },
         );

@@ -180,7 +180,19 @@ pub fn new_secret() -> std::io::Result<String> {
         filled +=
             rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())?;
     }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(secret_from_random(&bytes))
+}
+
+/// The reclaim secret made of 128 random bits the caller took from the
+/// kernel's random source: lower-case hex.
+pub fn secret_from_random(bits: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bits.len());
+    for b in bits {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -249,6 +261,12 @@ mod tests {
 
     #[test]
     fn secrets_are_long_random_and_compared_exactly() {
+        assert_eq!(
+            secret_from_random(&[
+                0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0, 0, 0, 0, 0, 0, 0xf0, 0x0f
+            ]),
+            "0123456789abcdef000000000000f00f"
+        );
         let a = new_secret().unwrap();
         let b = new_secret().unwrap();
         assert_eq!(a.len(), 32);

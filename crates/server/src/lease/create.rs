@@ -50,19 +50,41 @@ pub struct NewLease {
     pub build: OwnedFd,
 }
 
+/// A new lease's id and reclaim secret, from one `getrandom`.
+#[derive(Debug)]
+pub struct Fresh {
+    pub id: LeaseId,
+    pub secret: String,
+}
+
+impl Fresh {
+    pub fn generate() -> std::io::Result<Fresh> {
+        let mut bytes = [0u8; 24];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            filled += rustix::rand::getrandom(
+                &mut bytes[filled..],
+                rustix::rand::GetRandomFlags::empty(),
+            )?;
+        }
+        let (id, secret) = bytes.split_at(8);
+        Ok(Fresh {
+            id: LeaseId::from_random_bits(id.try_into().expect("8 bytes")),
+            secret: registry::secret_from_random(secret.try_into().expect("16 bytes")),
+        })
+    }
+}
+
 /// Creates `b/<id>/build` owned by `uid:gid`, sized by `sizing`, recording
 /// `meta(id)`.
 pub fn allocate(
     layout: &Layout,
+    id: LeaseId,
     uid: u32,
     gid: u32,
     sizing: &Sizing,
     meta: impl FnOnce(LeaseId) -> LeaseMeta,
 ) -> Result<NewLease, AllocError> {
-    let id = LeaseId::generate().map_err(|e| AllocError {
-        step: "getrandom",
-        source: Errno::from_io_error(&e).unwrap_or(Errno::IO),
-    })?;
     let final_name = id_name(id);
     let tmp_name = format!(".new-{id}");
     let step = |step| move |source| AllocError { step, source };
