@@ -96,6 +96,7 @@ async fn a_stored_connection_that_cannot_be_served_leaves_its_leases_reclaimable
         uid,
         gid,
         &crate::backend::Sizing::Unbounded,
+        &d.spares,
         |id| LeaseMeta {
             id: id.to_string(),
             name: "running".into(),

@@ -2,7 +2,7 @@ use builddir_proto::{validate_name, Allocated, ErrorKind, ErrorReply, Owner, Res
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{error, Reply, Session};
+use super::{error, Later, Reply, Session};
 use crate::backend::Sizing;
 use crate::lease::create::{allocate, Fresh};
 use crate::lease::registry::LeaseMeta;
@@ -105,7 +105,8 @@ impl Session {
             hand_over: None,
         };
         let layout = &self.daemon.layout;
-        let lease = match allocate(layout, id, owner.uid, owner.gid, &sizing, meta) {
+        let spares = &self.daemon.spares;
+        let lease = match allocate(layout, id, owner.uid, owner.gid, &sizing, spares, meta) {
             Ok(lease) => lease,
             Err(e) if e.is_no_space() => {
                 return error(
@@ -158,6 +159,10 @@ impl Session {
             gid: owner.gid,
             secret,
         };
+        let (outer, record) = lease.done_with;
+        self.after_reply.push(Later::Close(outer));
+        self.after_reply.extend(record.map(Later::Close));
+        self.after_reply.push(Later::MakeSpares);
         (Response::Allocated(reply), Some(lease.build))
     }
 }

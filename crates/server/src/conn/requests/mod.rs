@@ -13,7 +13,7 @@ mod status;
 pub use crate::lease::size::{tree_size, tree_walk};
 pub use status::status_report;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use builddir_proto::{ErrorKind, ErrorReply, Request, Response};
@@ -32,9 +32,21 @@ pub struct Session {
     pub daemon: Arc<Daemon>,
     pub peer: Peer,
     pub conn_id: u64,
-    /// Reaps of the trees this request released, started once its reply
-    /// is sent ([`Session::after_reply`]) or when the session drops.
-    after_reply: Vec<Reaping>,
+    /// What the request in hand left for after its reply
+    /// ([`Session::after_reply`]; whatever is left when the session drops
+    /// happens then).
+    after_reply: Vec<Later>,
+}
+
+/// Work a request leaves for after its reply, which does not wait for it.
+#[derive(Debug)]
+enum Later {
+    /// The reap of a tree it released (started if dropped).
+    Reap(Reaping),
+    /// A descriptor it is done with (closed if dropped).
+    Close(OwnedFd),
+    /// Spare record files for the next allocations.
+    MakeSpares,
 }
 
 /// A handler's result: a response, and the fd that rides with it.
@@ -97,11 +109,15 @@ impl Session {
         reply
     }
 
-    /// The work a request left for after its reply: the reaps of the trees
-    /// it released.
+    /// The work the request left for after its reply: closing what it is
+    /// done with, reaping the trees it released, spare record files.
     pub fn after_reply(&mut self) {
-        for reaping in self.after_reply.drain(..) {
-            reaping.start();
+        for later in self.after_reply.drain(..) {
+            match later {
+                Later::Reap(reaping) => reaping.start(),
+                Later::Close(fd) => drop(fd),
+                Later::MakeSpares => self.daemon.spares.refill(self.daemon.layout.trash.as_fd()),
+            }
         }
     }
 

@@ -49,7 +49,7 @@ impl Session {
             Some(to) => self.keep(record.id, to).await,
             None => self.end_lease(record.id, "release").map(|reaping| {
                 // Deleted once the reply is out: the reap never delays it.
-                self.after_reply.push(reaping);
+                self.after_reply.push(super::Later::Reap(reaping));
                 None
             }),
         };
@@ -79,7 +79,7 @@ impl Session {
         };
         let result = match record.state() {
             LeaseState::Live => self.end_lease(record.id, "remove").map(|reaping| {
-                self.after_reply.push(reaping);
+                self.after_reply.push(super::Later::Reap(reaping));
             }),
             LeaseState::Kept => {
                 if crate::lease::retention::remove_kept(&self.daemon, record.id, "remove") {
