@@ -241,7 +241,11 @@ fn finish(
                 Ok(left) if daemon.trimmer.shrank(left) => {
                     // A rehash under the table lock, a few times per burst.
                     daemon.table.shrink_to_fit();
-                    tokio::task::spawn_blocking(crate::trim::give_back);
+                    // A reap finished where a session dropped may run
+                    // outside the runtime (it is shutting down): no trim then.
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn_blocking(crate::trim::give_back);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
