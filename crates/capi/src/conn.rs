@@ -163,17 +163,9 @@ impl Conn {
                 format!("builddird sent a lease ({id}) whose id or path does not fit the C buffers; it was released — upgrade libbuilddir"),
             ));
         }
-        let st = match rustix::fs::fstat(dir.dir()) {
-            Ok(st) => st,
-            Err(e) => {
-                // Not handed out, so not left held either.
-                let _ = self.client.release_dir(dir);
-                return Err(Failure::new(
-                    BUILDDIR_ERR_IO,
-                    format!("fstat on the received build dir failed: {e}; the lease was released"),
-                ));
-            }
-        };
+        // The identity the client checked the descriptor with (an `fstat`
+        // on arrival: a directory), to close only this directory later.
+        let (dev, ino) = dir.dev_ino();
         let granted = Granted {
             fd: dir.dir().as_raw_fd(),
             uid: dir.owner().0,
@@ -186,8 +178,8 @@ impl Conn {
             granted.id.clone(),
             Held {
                 fd: Some(dir.into_dir()),
-                dev: st.st_dev,
-                ino: st.st_ino,
+                dev,
+                ino,
                 secret,
             },
         );
@@ -211,12 +203,16 @@ impl Conn {
                 "lease {id:?} is not held on this connection (ended already, or allocated on another); pass a lease builddir_allocate filled in on this connection"
             )));
         };
-        held.close();
+        // The descriptor is closed whatever the daemon answers, once it has
+        // (as the Rust client closes a `BuildDir` it released): the request
+        // waits for nothing but the daemon.
+        let closing = Closing(held.fd.take().map(|fd| (fd, held.dev, held.ino)));
         let result = match ending {
             Ending::Release => self.client.release(id, false),
             Ending::Keep => self.client.release(id, true),
             Ending::KeepFor(owner) => self.client.keep_for(id, owner),
         };
+        drop(closing);
         let still_held = match &result {
             Err(e) if on_the_wire(e) => true,
             Err(e) if matches!(ending, Ending::KeepFor(_)) => refused_before_ending(e),
@@ -269,6 +265,18 @@ impl Conn {
             }
         }
         Ok(gone.len() as u32)
+    }
+}
+
+/// A lease's descriptor, closed as [`close_if_ours`] does when this drops
+/// (a panic on the way included).
+struct Closing(Option<(OwnedFd, u64, u64)>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some((fd, dev, ino)) = self.0.take() {
+            close_if_ours(fd, dev, ino);
+        }
     }
 }
 

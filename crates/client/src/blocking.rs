@@ -84,6 +84,8 @@ pub struct BuildDir {
     uid: u32,
     gid: u32,
     secret: String,
+    /// Device and inode of `dir`, from the `fstat` that checked it.
+    dev_ino: (u64, u64),
 }
 
 impl Client {
@@ -245,13 +247,16 @@ impl Client {
                 ))
             }
         };
-        let is_dir = rustix::fs::fstat(&dir)
-            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir());
-        if !is_dir {
-            return Err(Error::Unexpected(
-                "the descriptor sent with the allocation is not a directory",
-            ));
-        }
+        let dev_ino = match rustix::fs::fstat(&dir) {
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => {
+                (st.st_dev, st.st_ino)
+            }
+            _ => {
+                return Err(Error::Unexpected(
+                    "the descriptor sent with the allocation is not a directory",
+                ))
+            }
+        };
         if a.id.is_empty() || a.id.contains('\0') {
             return Err(Error::Unexpected(
                 "allocation reply has an empty or NUL-bearing lease id",
@@ -269,6 +274,7 @@ impl Client {
             uid: a.uid,
             gid: a.gid,
             secret: a.secret,
+            dev_ino,
         })
     }
 
@@ -443,6 +449,13 @@ impl BuildDir {
     /// Owner uid and gid of the directory.
     pub fn owner(&self) -> (u32, u32) {
         (self.uid, self.gid)
+    }
+
+    /// Device and inode numbers of the directory as received (from the
+    /// `fstat` that checked it is a directory): what tells this directory
+    /// from another one later opened under the same descriptor number.
+    pub fn dev_ino(&self) -> (u64, u64) {
+        self.dev_ino
     }
 
     /// Takes the directory's descriptor out (the lease itself stays until

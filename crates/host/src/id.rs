@@ -26,6 +26,12 @@ impl LeaseId {
         Ok(LeaseId(u64::from_le_bytes(bytes)))
     }
 
+    /// The id made of 64 bits the caller took from the kernel's random
+    /// source (with other random bytes in one `getrandom`).
+    pub fn from_random_bits(bits: [u8; 8]) -> LeaseId {
+        LeaseId(u64::from_le_bytes(bits))
+    }
+
     /// Parses exactly 16 lower-case hex digits; anything else is `None`.
     pub fn parse(s: &str) -> Option<LeaseId> {
         if s.len() != 16 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {

@@ -89,6 +89,45 @@ pub fn write(outer: BorrowedFd<'_>, meta: &LeaseMeta) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Bytes of storage a spare record file holds ready ([`spare`]): more than
+/// any record needs.
+const SPARE_BYTES: u64 = 4096;
+
+/// A record file made ahead of time: unnamed (`O_TMPFILE` on the
+/// filesystem of `dir`, root-only 0600, gone with its descriptor if it is
+/// never used) with its storage already allocated (`fallocate`, size still
+/// 0). [`write_spare`] fills it and gives it its name: the costly steps of
+/// making a file, a new inode and its first page, are off the allocation's
+/// path.
+pub fn spare(dir: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd, Errno> {
+    let fd = openat(
+        dir,
+        ".",
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )?;
+    rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::KEEP_SIZE, 0, SPARE_BYTES)?;
+    Ok(fd)
+}
+
+/// Writes `meta` into `spare` (from [`spare`], unused) and links it as
+/// `outer/lease.json` (which must not exist yet): the same file as
+/// [`write`] makes. Linking an unnamed file by its descriptor
+/// (`AT_EMPTY_PATH`) takes `CAP_DAC_READ_SEARCH`; without it this fails and
+/// the caller writes the record with [`write`].
+pub fn write_spare(
+    spare: BorrowedFd<'_>,
+    outer: BorrowedFd<'_>,
+    meta: &LeaseMeta,
+) -> Result<(), Errno> {
+    let bytes = serde_json::to_vec(meta).map_err(|_| Errno::INVAL)?;
+    let mut written = 0;
+    while written < bytes.len() {
+        written += rustix::io::pwrite(spare, &bytes[written..], written as u64)?;
+    }
+    rustix::fs::linkat(spare, "", outer, META, rustix::fs::AtFlags::EMPTY_PATH)
+}
+
 /// Name of the next record while it is written.
 const META_NEW: &str = "lease.json.new";
 
@@ -194,7 +233,19 @@ pub fn new_secret() -> std::io::Result<String> {
         filled +=
             rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())?;
     }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(secret_from_random(&bytes))
+}
+
+/// The reclaim secret made of 128 random bits the caller took from the
+/// kernel's random source: lower-case hex.
+pub fn secret_from_random(bits: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bits.len());
+    for b in bits {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -231,6 +282,24 @@ mod tests {
         }
     }
 
+    fn spare_becomes_the_record(
+        dir: &std::path::Path,
+        outer: BorrowedFd<'_>,
+        m: &LeaseMeta,
+        me: u32,
+    ) {
+        let other = dir.join("other");
+        std::fs::create_dir(&other).unwrap();
+        let other = rustix::fs::open(&other, crate::paths::DIR_OPEN, Mode::empty()).unwrap();
+        let s = spare(outer).unwrap();
+        write_spare(s.as_fd(), other.as_fd(), m).unwrap();
+        assert_eq!(read_written_by(other.as_fd(), me).as_ref(), Some(m));
+        let st = rustix::fs::fstat(&s).unwrap();
+        assert_eq!((st.st_mode & 0o7777, st.st_nlink), (0o600, 1));
+        let s = spare(outer).unwrap();
+        assert!(write_spare(s.as_fd(), other.as_fd(), m).is_err());
+    }
+
     #[test]
     fn a_record_is_replaced_whole_and_read_back_only_from_its_writer() {
         let dir = std::env::temp_dir().join(format!("bd-registry-test-{}", std::process::id()));
@@ -254,6 +323,11 @@ mod tests {
         rewrite(outer.as_fd(), &m).unwrap();
         assert_eq!(read_written_by(outer.as_fd(), me), Some(m.clone()));
         assert!(!dir.join(META_NEW).exists(), "no half-written record left");
+        // A spare record file becomes the same record, and never replaces
+        // one (linking it by fd takes CAP_DAC_READ_SEARCH: root only).
+        if rustix::process::geteuid().is_root() {
+            spare_becomes_the_record(&dir, outer.as_fd(), &m, me);
+        }
         assert_eq!(read_written_by(outer.as_fd(), me.wrapping_add(1)), None);
         // A record from before these fields existed still reads.
         let old = r#"{"id":"0123456789abcdef","name":"n","owner_uid":1,"owner_gid":1,"peer_uid":1,"peer_gid":1,"peer_pid":1,"peer_command":"","created_unix":5,"secret":""}"#;
@@ -270,6 +344,12 @@ mod tests {
 
     #[test]
     fn secrets_are_long_random_and_compared_exactly() {
+        assert_eq!(
+            secret_from_random(&[
+                0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0, 0, 0, 0, 0, 0, 0xf0, 0x0f
+            ]),
+            "0123456789abcdef000000000000f00f"
+        );
         let a = new_secret().unwrap();
         let b = new_secret().unwrap();
         assert_eq!(a.len(), 32);

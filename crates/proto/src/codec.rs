@@ -35,22 +35,22 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtoError> {
 pub const FRAME_HEADER: usize = 4;
 
 /// Encodes `msg` as a whole frame: a 4-byte big-endian payload length, then
-/// the payload (what the tokio `LengthDelimitedCodec` writes, for clients
-/// without it).
+/// the payload (what the tokio `LengthDelimitedCodec` reads). One buffer,
+/// the payload serialized in place behind the header.
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
-    let payload = encode(msg)?;
-    if payload.len() > MAX_FRAME {
+    let mut frame = Vec::with_capacity(FRAME_HEADER + 120);
+    frame.extend_from_slice(&[0; FRAME_HEADER]);
+    options()
+        .serialize_into(&mut frame, msg)
+        .map_err(ProtoError::Encode)?;
+    let len = frame.len() - FRAME_HEADER;
+    if len > MAX_FRAME {
         return Err(ProtoError::Frame(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!(
-                "message of {} bytes exceeds the {MAX_FRAME}-byte frame cap",
-                payload.len()
-            ),
+            format!("message of {len} bytes exceeds the {MAX_FRAME}-byte frame cap"),
         )));
     }
-    let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    frame[..FRAME_HEADER].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(frame)
 }
 

@@ -11,11 +11,11 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use crate::{codec, fdpass, FdPolicy, ProtoError, MAX_FRAME};
 
@@ -151,11 +151,9 @@ impl Connection {
         msg: &T,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ProtoError> {
-        let payload = codec::encode(msg)?;
-        let mut frame = BytesMut::with_capacity(payload.len() + 4);
-        self.codec
-            .encode(Bytes::from(payload), &mut frame)
-            .map_err(ProtoError::Frame)?;
+        // The whole frame in one buffer, sent by one `sendmsg` (the fd on
+        // its first byte) unless the socket takes less.
+        let frame = codec::encode_frame(msg)?;
         let mut sent = 0;
         let mut fd = fd;
         while sent < frame.len() {

@@ -114,6 +114,7 @@ async fn requests(mut session: Session, mut conn: Connection) {
                 &crate::systemd::fdstore::name_of(id),
             );
         }
+        session.after_reply();
     }
     drop(session);
 }

@@ -92,6 +92,8 @@ async fn apply(w: &mut World, m: &mut Model, op: &Op) {
                     limit: None,
                 })
                 .await;
+            // As the connection loop does once the reply is sent.
+            w.sessions[c].after_reply();
             match reply {
                 Response::Allocated(a) => {
                     assert!(m.live.len() < LIMIT, "allocated past the limit");
@@ -117,6 +119,7 @@ async fn apply(w: &mut World, m: &mut Model, op: &Op) {
                     keep,
                 })
                 .await;
+            w.sessions[c].after_reply();
             let was_live = m.live.remove(&id).is_some();
             match reply {
                 Response::Released(r) => {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::support::{daemon, eventually, me, my_peer, quiet, TempRoot};
 use crate::conn::requests::Session;
 use crate::lease::end::spawn_grace_expiry;
+use crate::lease::id::LeaseId;
 use crate::lease::registry::LeaseMeta;
 use crate::lease::table::{LeaseRecord, Restored};
 use builddir_proto::{ErrorKind, Request, Response};
@@ -91,9 +92,11 @@ async fn a_stored_connection_that_cannot_be_served_leaves_its_leases_reclaimable
     let (uid, gid) = me();
     let new = crate::lease::create::allocate(
         &d.layout,
+        LeaseId::generate().unwrap(),
         uid,
         gid,
         &crate::backend::Sizing::Unbounded,
+        &d.spares,
         |id| LeaseMeta {
             id: id.to_string(),
             name: "running".into(),

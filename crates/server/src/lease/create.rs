@@ -6,7 +6,8 @@
 //! 2. open it (`O_DIRECTORY|O_NOFOLLOW`); it is `root:root`; an access ACL
 //!    lets the owner alone traverse it ([`crate::lease::outer`]).
 //! 3. `mkdirat(outer, "build", 0700)`, open it, `fchown(owner)`, `fchmod 0700`.
-//! 4. the registry record `outer/lease.json` ([`crate::lease::registry`]).
+//! 4. the registry record `outer/lease.json` ([`crate::lease::registry`]),
+//!    in a file made ahead of time if one is ready ([`Spares`]).
 //! 5. `renameat2(b/.new-<id>, b/<id>, RENAME_NOREPLACE)` — the lease appears
 //!    complete, with its record, or not at all.
 //!
@@ -24,7 +25,7 @@ use crate::backend::Sizing;
 use crate::failpoint;
 use crate::host::layout::{id_name, Layout, BUILD, DIR_OPEN};
 use crate::lease::id::LeaseId;
-use crate::lease::registry::{self, LeaseMeta};
+use crate::lease::registry::{self, LeaseMeta, Spares};
 
 /// A step of allocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,21 +49,48 @@ pub struct NewLease {
     pub id: LeaseId,
     /// The build directory (`b/<id>/build`), open for the client.
     pub build: OwnedFd,
+    /// The outer directory and (if one was used) the spare that became its
+    /// record: nothing more is done through them, so the caller can close
+    /// them after its reply.
+    pub done_with: (OwnedFd, Option<OwnedFd>),
+}
+
+/// A new lease's id and reclaim secret, from one `getrandom`.
+#[derive(Debug)]
+pub struct Fresh {
+    pub id: LeaseId,
+    pub secret: String,
+}
+
+impl Fresh {
+    pub fn generate() -> std::io::Result<Fresh> {
+        let mut bytes = [0u8; 24];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            filled += rustix::rand::getrandom(
+                &mut bytes[filled..],
+                rustix::rand::GetRandomFlags::empty(),
+            )?;
+        }
+        let (id, secret) = bytes.split_at(8);
+        Ok(Fresh {
+            id: LeaseId::from_random_bits(id.try_into().expect("8 bytes")),
+            secret: registry::secret_from_random(secret.try_into().expect("16 bytes")),
+        })
+    }
 }
 
 /// Creates `b/<id>/build` owned by `uid:gid`, sized by `sizing`, recording
-/// `meta(id)`.
+/// `meta(id)` (in one of `spares` if one is ready).
 pub fn allocate(
     layout: &Layout,
+    id: LeaseId,
     uid: u32,
     gid: u32,
     sizing: &Sizing,
+    spares: &Spares,
     meta: impl FnOnce(LeaseId) -> LeaseMeta,
 ) -> Result<NewLease, AllocError> {
-    let id = LeaseId::generate().map_err(|e| AllocError {
-        step: "getrandom",
-        source: Errno::from_io_error(&e).unwrap_or(Errno::IO),
-    })?;
     let final_name = id_name(id);
     let tmp_name = format!(".new-{id}");
     let step = |step| move |source| AllocError { step, source };
@@ -89,7 +117,9 @@ pub fn allocate(
         fchown(&build, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
             .map_err(step("fchown build"))?;
         fchmod(&build, Mode::from_raw_mode(0o700)).map_err(step("fchmod build"))?;
-        registry::write(outer.as_fd(), &meta(id)).map_err(step("write lease.json"))?;
+        let record = spares
+            .write(outer.as_fd(), &meta(id))
+            .map_err(step("write lease.json"))?;
         failpoint::hit("allocate:before-rename");
         renameat_with(
             &layout.leases,
@@ -100,10 +130,14 @@ pub fn allocate(
         )
         .map_err(step("renameat2 into place"))?;
         failpoint::hit("allocate:after-rename");
-        Ok(build)
+        Ok((build, (outer, record)))
     })();
     match result {
-        Ok(build) => Ok(NewLease { id, build }),
+        Ok((build, done_with)) => Ok(NewLease {
+            id,
+            build,
+            done_with,
+        }),
         Err(e) => {
             discard_partial(layout.leases.as_fd(), &tmp_name);
             Err(e)

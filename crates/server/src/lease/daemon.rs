@@ -103,6 +103,8 @@ pub struct Daemon {
     pub hand_overs: crate::lease::hand_overs::HandOverPool,
     /// The total memory of tmpfs leases.
     pub tmpfs_budget: crate::backend::tmpfs_budget::TmpfsBudget,
+    /// Record files made ahead of allocations.
+    pub spares: crate::lease::registry::Spares,
 }
 
 impl Daemon {
@@ -131,6 +133,7 @@ impl Daemon {
             walks: crate::lease::walks::WalkPool::default(),
             hand_overs: crate::lease::hand_overs::HandOverPool::new(hand_overs),
             tmpfs_budget: crate::backend::tmpfs_budget::TmpfsBudget::new(tmpfs_total),
+            spares: crate::lease::registry::Spares::default(),
         }
     }
 

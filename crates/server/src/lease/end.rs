@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use builddir_proto::{ErrorKind, ErrorReply};
 
 use crate::lease::id::LeaseId;
+use crate::lease::reaper::Reaping;
 use crate::lease::registry::{self, PendingHandOver};
 use crate::lease::table::{Counters, Daemon, End};
 use crate::lease::trash::{to_kept, to_trash};
@@ -22,8 +23,10 @@ pub struct Ender<'a> {
     pub why: &'a str,
 }
 
-/// Moves live lease `id` to trash and starts its reap.
-pub fn release(daemon: &Arc<Daemon>, id: LeaseId, by: Ender<'_>) -> Result<(), ErrorReply> {
+/// Moves live lease `id` to trash; its reap starts when the returned
+/// [`Reaping`] is started or dropped (a session starts it once its reply
+/// is sent).
+pub fn release(daemon: &Arc<Daemon>, id: LeaseId, by: Ender<'_>) -> Result<Reaping, ErrorReply> {
     let claim = daemon.table.claim_live(id, End::Release).map_err(|e| {
         ErrorReply::new(ErrorKind::NotFound, format!("{e}: it was released already"))
     })?;
@@ -40,8 +43,7 @@ pub fn release(daemon: &Arc<Daemon>, id: LeaseId, by: Ender<'_>) -> Result<(), E
                 why = by.why,
                 "released"
             );
-            crate::lease::reaper::spawn(daemon.clone(), trash_name, Some(id));
-            Ok(())
+            Ok(Reaping::new(daemon.clone(), trash_name, id))
         }
         Err(e) => {
             // Dropping the claim puts the lease back, bound to its
@@ -61,6 +63,7 @@ pub fn spawn_grace_expiry(daemon: Arc<Daemon>) {
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
         for id in daemon.table.detached() {
+            // The reap starts as the result drops.
             let _ = release(
                 &daemon,
                 id,

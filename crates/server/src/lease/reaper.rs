@@ -7,6 +7,10 @@
 //! requester's lease limits), and is retried by an operator's `remove` or at the next
 //! start (trash is rescanned then). A tmpfs lease whose tmpfs is still
 //! held after its tree is deleted stays detaching ([`held`]).
+//!
+//! A released lease whose build directory was left empty (plain-directory
+//! leases) is removed at once instead, on the session's own thread after its
+//! reply is sent ([`Reaping`]): three `unlinkat`s by fd, no thread at all.
 
 use std::ffi::CString;
 use std::os::fd::AsFd;
@@ -14,10 +18,87 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustix::fs::{openat, unlinkat, AtFlags, Mode};
+use rustix::io::Errno;
+
 use crate::backend::tmpfs_held::{Settled, Usage};
+use crate::backend::Backend;
+use crate::host::layout::{BUILD, DIR_OPEN};
 use crate::lease::id::LeaseId;
+use crate::lease::registry::META;
 use crate::lease::table::{Counters, Daemon};
 use crate::tree::remove::{remove_tree, Limits, Report};
+
+/// A released lease's tree, in trash, whose deletion has not started yet.
+///
+/// A session holds it until its reply is sent, so that deleting the tree
+/// never delays the answer to the release; [`Reaping::start`] (or dropping
+/// it, whatever ended the session) starts the deletion: a tree in trash is
+/// never left without its reap.
+#[derive(Debug)]
+#[must_use = "the tree is reaped when this is started or dropped"]
+pub struct Reaping {
+    daemon: Arc<Daemon>,
+    trash: String,
+    id: LeaseId,
+}
+
+impl Reaping {
+    /// Lease `id`'s tree, moved to `trash/<trash>`.
+    pub fn new(daemon: Arc<Daemon>, trash: String, id: LeaseId) -> Reaping {
+        Reaping { daemon, trash, id }
+    }
+
+    /// Starts deleting the tree now.
+    pub fn start(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        let trash = std::mem::take(&mut self.trash);
+        let started = Instant::now();
+        if let Some(report) = remove_if_empty(&self.daemon, &trash) {
+            finish(&self.daemon, &trash, Some(self.id), &report, started);
+        } else {
+            spawn(self.daemon.clone(), trash, Some(self.id));
+        }
+    }
+}
+
+/// Deletes `trash/<name>` at once if it is a plain-directory lease whose
+/// build directory is empty, which is bounded work: `rmdir` of `build` (the
+/// kernel refuses a directory that is not empty, or that is a mount point),
+/// `unlink` of `lease.json`, `rmdir` of the outer directory, all by fd in the
+/// root-only trash. `None` (nothing or only part deleted) leaves the rest
+/// to the background reaper.
+///
+/// The build's user cannot put anything in the outer directory (it is
+/// root's, and it may only search it), so `build` there is the directory
+/// the daemon made; a process of the build that still holds it open cannot
+/// add to it once it is removed.
+fn remove_if_empty(daemon: &Daemon, name: &str) -> Option<Report> {
+    if !matches!(daemon.backend, Backend::Dir) {
+        return None;
+    }
+    let trash = daemon.layout.trash.as_fd();
+    let outer = openat(trash, name, DIR_OPEN, Mode::empty()).ok()?;
+    unlinkat(&outer, BUILD, AtFlags::REMOVEDIR).ok()?;
+    let mut removed = 1;
+    match unlinkat(&outer, META, AtFlags::empty()) {
+        Ok(()) => removed += 1,
+        Err(Errno::NOENT) => {}
+        Err(_) => return None,
+    }
+    drop(outer);
+    unlinkat(trash, name, AtFlags::REMOVEDIR).ok()?;
+    Some(Report {
+        removed: removed + 1,
+        complete: true,
+        ..Report::default()
+    })
+}
 
 /// Deletes `trash/<trash_name>` in the background; `id` names the lease
 /// whose record follows the reap (none for leftovers found at start).
@@ -190,7 +271,11 @@ fn finish(
                 Ok(left) if daemon.trimmer.shrank(left) => {
                     // A rehash under the table lock, a few times per burst.
                     daemon.table.shrink_to_fit();
-                    tokio::task::spawn_blocking(crate::trim::give_back);
+                    // A reap finished where a session dropped may run
+                    // outside the runtime (it is shutting down): no trim then.
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn_blocking(crate::trim::give_back);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {

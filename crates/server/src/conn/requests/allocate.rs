@@ -2,9 +2,9 @@ use builddir_proto::{validate_name, Allocated, ErrorKind, ErrorReply, Owner, Res
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{error, Reply, Session};
+use super::{error, Later, Reply, Session};
 use crate::backend::Sizing;
-use crate::lease::create::allocate;
+use crate::lease::create::{allocate, Fresh};
 use crate::lease::registry::LeaseMeta;
 use crate::lease::table::{Counters, Daemon, LeaseRecord};
 
@@ -72,8 +72,9 @@ impl Session {
             }
             _ => None,
         };
-        let secret = match crate::lease::registry::new_secret() {
-            Ok(s) => s,
+        // The id and the reclaim secret, from one getrandom.
+        let Fresh { id, secret } = match Fresh::generate() {
+            Ok(fresh) => fresh,
             Err(e) => return error(ErrorKind::Internal, format!("getrandom: {e}")),
         };
         // What the backend reserves (a project id) stays reserved until the
@@ -105,7 +106,8 @@ impl Session {
             detaching: false,
         };
         let layout = &self.daemon.layout;
-        let lease = match allocate(layout, owner.uid, owner.gid, &sizing, meta) {
+        let spares = &self.daemon.spares;
+        let lease = match allocate(layout, id, owner.uid, owner.gid, &sizing, spares, meta) {
             Ok(lease) => lease,
             Err(e) if e.is_no_space() => {
                 return error(
@@ -121,7 +123,13 @@ impl Session {
                 return error(ErrorKind::Internal, e.to_string());
             }
         };
-        let path = self.daemon.layout.lease_path(lease.id);
+        // Formatted once, for the audit line and the reply.
+        let path = self
+            .daemon
+            .layout
+            .lease_path(lease.id)
+            .display()
+            .to_string();
         let mut record = LeaseRecord::new(lease.id, peer.clone());
         record.name = name.clone();
         (record.owner_uid, record.owner_gid) = (owner.uid, owner.gid);
@@ -140,18 +148,22 @@ impl Session {
             owner_uid = owner.uid,
             owner_gid = owner.gid,
             name = name.as_str(),
-            path = %path.display(),
+            path = %path,
             limit_bytes = limit.map(|l| l.bytes),
             project_id,
             "allocated"
         );
         let reply = Allocated {
             id: lease.id.to_string(),
-            path: path.display().to_string(),
+            path,
             uid: owner.uid,
             gid: owner.gid,
             secret,
         };
+        let (outer, record) = lease.done_with;
+        self.after_reply.push(Later::Close(outer));
+        self.after_reply.extend(record.map(Later::Close));
+        self.after_reply.push(Later::MakeSpares);
         (Response::Allocated(reply), Some(lease.build))
     }
 }

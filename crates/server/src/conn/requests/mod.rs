@@ -13,13 +13,14 @@ mod status;
 pub use crate::lease::size::{tree_size, tree_walk};
 pub use status::status_report;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use builddir_proto::{ErrorKind, ErrorReply, Request, Response};
 
 use crate::conn::peer::Peer;
 use crate::lease::id::LeaseId;
+use crate::lease::reaper::Reaping;
 use crate::lease::table::{Daemon, LeaseRecord};
 use release::End;
 
@@ -31,6 +32,21 @@ pub struct Session {
     pub daemon: Arc<Daemon>,
     pub peer: Peer,
     pub conn_id: u64,
+    /// What the request in hand left for after its reply
+    /// ([`Session::after_reply`]; whatever is left when the session drops
+    /// happens then).
+    after_reply: Vec<Later>,
+}
+
+/// Work a request leaves for after its reply, which does not wait for it.
+#[derive(Debug)]
+enum Later {
+    /// The reap of a tree it released (started if dropped).
+    Reap(Reaping),
+    /// A descriptor it is done with (closed if dropped).
+    Close(OwnedFd),
+    /// Spare record files for the next allocations.
+    MakeSpares,
 }
 
 /// A handler's result: a response, and the fd that rides with it.
@@ -50,6 +66,7 @@ impl Session {
             daemon,
             peer,
             conn_id,
+            after_reply: Vec::new(),
         }
     }
 
@@ -92,6 +109,18 @@ impl Session {
         reply
     }
 
+    /// The work the request left for after its reply: closing what it is
+    /// done with, reaping the trees it released, spare record files.
+    pub fn after_reply(&mut self) {
+        for later in self.after_reply.drain(..) {
+            match later {
+                Later::Reap(reaping) => reaping.start(),
+                Later::Close(fd) => drop(fd),
+                Later::MakeSpares => self.daemon.spares.refill(self.daemon.layout.trash.as_fd()),
+            }
+        }
+    }
+
     /// Returns true if and only if the peer is root or in `operator_group`.
     pub fn is_operator(&self) -> bool {
         self.daemon.policy.is_operator(&self.peer)
@@ -119,6 +148,7 @@ impl Session {
     fn release_held(&mut self, why: &str) {
         for id in self.daemon.table.held_by(self.conn_id) {
             // end_lease logs its own failure; nobody is left to answer.
+            // The reap starts as the result drops.
             let _ = self.end_lease(id, why);
         }
     }

@@ -5,6 +5,7 @@ use builddir_proto::ErrorReply;
 use super::{error, refusal, Reply, Session};
 use crate::lease::end::{Ender, NotHandedOver};
 use crate::lease::id::LeaseId;
+use crate::lease::reaper::Reaping;
 
 /// How a release ends its lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,11 @@ impl Session {
         let limit_reached = super::limit::reached(&self.daemon, &record);
         let result = match keep_for {
             Some(to) => self.keep(record.id, to).await,
-            None => self.end_lease(record.id, "release").map(|()| None),
+            None => self.end_lease(record.id, "release").map(|reaping| {
+                // Deleted once the reply is out: the reap never delays it.
+                self.after_reply.push(super::Later::Reap(reaping));
+                None
+            }),
         };
         match result {
             Ok(kept_path) => (
@@ -73,7 +78,9 @@ impl Session {
             Err(e) => return refusal(e),
         };
         let result = match record.state() {
-            LeaseState::Live => self.end_lease(record.id, "remove"),
+            LeaseState::Live => self.end_lease(record.id, "remove").map(|reaping| {
+                self.after_reply.push(super::Later::Reap(reaping));
+            }),
             LeaseState::Kept => {
                 if crate::lease::retention::remove_kept(&self.daemon, record.id, "remove") {
                     Ok(())
@@ -118,8 +125,9 @@ impl Session {
         }
     }
 
-    /// Ends a live lease into trash (reaped in the background).
-    pub(super) fn end_lease(&mut self, id: LeaseId, why: &str) -> Result<(), ErrorReply> {
+    /// Ends a live lease into trash; its reap starts when the returned
+    /// [`Reaping`] is started or dropped.
+    pub(super) fn end_lease(&mut self, id: LeaseId, why: &str) -> Result<Reaping, ErrorReply> {
         crate::lease::end::release(&self.daemon, id, self.ender(why))
     }
 
