@@ -8,6 +8,17 @@
 
 use std::fmt;
 
+/// Fills `buf` from the kernel's random source (`getrandom`, short reads
+/// retried).
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        filled +=
+            rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(())
+}
+
 /// A lease id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LeaseId(u64);
@@ -16,13 +27,7 @@ impl LeaseId {
     /// A fresh id from the kernel's random source.
     pub fn generate() -> std::io::Result<LeaseId> {
         let mut bytes = [0u8; 8];
-        let mut filled = 0;
-        while filled < bytes.len() {
-            filled += rustix::rand::getrandom(
-                &mut bytes[filled..],
-                rustix::rand::GetRandomFlags::empty(),
-            )?;
-        }
+        fill_random(&mut bytes)?;
         Ok(LeaseId(u64::from_le_bytes(bytes)))
     }
 

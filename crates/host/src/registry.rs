@@ -228,11 +228,7 @@ pub fn scan(
 /// A fresh reclaim secret: 128 random bits in hex.
 pub fn new_secret() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        filled +=
-            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())?;
-    }
+    crate::id::fill_random(&mut bytes)?;
     Ok(secret_from_random(&bytes))
 }
 

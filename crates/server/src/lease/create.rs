@@ -65,13 +65,7 @@ pub struct Fresh {
 impl Fresh {
     pub fn generate() -> std::io::Result<Fresh> {
         let mut bytes = [0u8; 24];
-        let mut filled = 0;
-        while filled < bytes.len() {
-            filled += rustix::rand::getrandom(
-                &mut bytes[filled..],
-                rustix::rand::GetRandomFlags::empty(),
-            )?;
-        }
+        builddir_host::id::fill_random(&mut bytes)?;
         let (id, secret) = bytes.split_at(8);
         Ok(Fresh {
             id: LeaseId::from_random_bits(id.try_into().expect("8 bytes")),

@@ -24,25 +24,14 @@ impl Session {
             gid: peer.gid,
         });
         // A directory for someone else needs root or an owner grant.
-        if owner.uid != peer.uid || owner.gid != peer.gid {
-            let granted = self.daemon.policy.may_assign(peer, owner.uid, owner.gid);
-            tracing::info!(
-                uid = peer.uid,
-                pid = peer.pid,
-                owner_uid = owner.uid,
-                owner_gid = owner.gid,
-                granted,
-                "owner assignment decision"
+        if !self.may_name_owner(owner, "owner assignment decision") {
+            return error(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "uid {} may not allocate for {}:{}; ask for your own uid or add an owner_grants entry",
+                    peer.uid, owner.uid, owner.gid
+                ),
             );
-            if !granted {
-                return error(
-                    ErrorKind::PermissionDenied,
-                    format!(
-                        "uid {} may not allocate for {}:{}; ask for your own uid or add an owner_grants entry",
-                        peer.uid, owner.uid, owner.gid
-                    ),
-                );
-            }
         }
         let daemon = self.daemon.clone();
         // Checked and counted in one step; the place is given back if this

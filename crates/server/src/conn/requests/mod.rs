@@ -126,6 +126,26 @@ impl Session {
         self.daemon.policy.is_operator(&self.peer)
     }
 
+    /// Returns true if and only if this peer may make files that `owner`
+    /// owns: its own ids, or root, or an owner grant. A decision about
+    /// another owner is logged as `what`.
+    fn may_name_owner(&self, owner: builddir_proto::Owner, what: &str) -> bool {
+        let peer = &self.peer;
+        if owner.uid == peer.uid && owner.gid == peer.gid {
+            return true;
+        }
+        let granted = self.daemon.policy.may_assign(peer, owner.uid, owner.gid);
+        tracing::info!(
+            uid = peer.uid,
+            pid = peer.pid,
+            owner_uid = owner.uid,
+            owner_gid = owner.gid,
+            granted,
+            "{what}"
+        );
+        granted
+    }
+
     /// Looks up `id` and checks that this peer may act on it.
     fn authorized(&self, id: &str) -> Result<LeaseRecord, ErrorReply> {
         let not_found = || {

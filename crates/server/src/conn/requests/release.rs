@@ -136,30 +136,16 @@ impl Session {
     /// to a uid makes files that uid owns, so it takes the same right as
     /// making a directory that uid owns.
     fn may_keep_for(&self, owner: Owner) -> Result<(), ErrorReply> {
-        let peer = &self.peer;
-        if owner.uid == peer.uid && owner.gid == peer.gid {
+        if self.may_name_owner(owner, "keep-for decision") {
             return Ok(());
         }
-        let granted = self.daemon.policy.may_assign(peer, owner.uid, owner.gid);
-        tracing::info!(
-            uid = peer.uid,
-            pid = peer.pid,
-            owner_uid = owner.uid,
-            owner_gid = owner.gid,
-            granted,
-            "keep-for decision"
-        );
-        if granted {
-            Ok(())
-        } else {
-            Err(ErrorReply::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "uid {} may not keep a tree for {}:{}; keep it for yourself or add an owner_grants entry",
-                    peer.uid, owner.uid, owner.gid
-                ),
-            ))
-        }
+        Err(ErrorReply::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "uid {} may not keep a tree for {}:{}; keep it for yourself or add an owner_grants entry",
+                self.peer.uid, owner.uid, owner.gid
+            ),
+        ))
     }
 
     /// Keeps a live lease for `to`; returns the kept path. A tree kept
