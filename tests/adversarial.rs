@@ -96,20 +96,21 @@ struct Attack {
 
 impl Attack {
     fn start(d: &Daemon, canary: &Canary, who: Ident, scenario: &str, n: u64, secs: f64) -> Attack {
-        let mut child = Command::new(bin_for_others("bd-attack"))
-            .arg(&d.socket)
-            .arg(scenario)
-            .arg(&canary.dir)
-            .arg(n.to_string())
-            .arg(secs.to_string())
-            .uid(who.uid)
-            .gid(who.gid)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut child = builddir_tests::spawn_retrying(
+            Command::new(bin_for_others("bd-attack"))
+                .arg(&d.socket)
+                .arg(scenario)
+                .arg(&canary.dir)
+                .arg(n.to_string())
+                .arg(secs.to_string())
+                .uid(who.uid)
+                .gid(who.gid)
+                .current_dir("/")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        )
+        .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();

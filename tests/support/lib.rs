@@ -89,6 +89,23 @@ pub fn bin_for_others(name: &str) -> PathBuf {
     dst
 }
 
+/// Spawns `cmd`, retrying while exec fails with `ETXTBSY`: a binary just
+/// copied by [`bin_for_others`] can be "busy" for a moment because another
+/// test thread forked while the copy's write descriptor was open (the
+/// child holds it until its own exec).
+pub fn spawn_retrying(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Base directory for test state. Not under /tmp: the seed test hides /tmp
 /// behind a noexec tmpfs.
 pub fn base_dir() -> PathBuf {
@@ -468,18 +485,19 @@ impl Probe {
     /// Like [`Probe::start`], with extra arguments (an owner `UID:GID`).
     /// A refused allocation yields a report with `error` and `kind`.
     pub fn start_with(socket: &Path, who: Ident, name: &str, extra: &[&str]) -> Probe {
-        let mut child = Command::new(bin_for_others("bd-probe"))
-            .arg(socket)
-            .arg(name)
-            .args(extra)
-            .uid(who.uid)
-            .gid(who.gid)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn bd-probe");
+        let mut child = spawn_retrying(
+            Command::new(bin_for_others("bd-probe"))
+                .arg(socket)
+                .arg(name)
+                .args(extra)
+                .uid(who.uid)
+                .gid(who.gid)
+                .current_dir("/")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        )
+        .expect("spawn bd-probe");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
